@@ -7,8 +7,13 @@ is an error) and docs/schema.md. Names follow the Elastic Common Schema where EC
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
+
+# polars accepts both dtype classes (pl.Utf8) and instances (pl.List(pl.Utf8)); its own alias for
+# that union is private, so we name it here.
+DType = Any
 
 TIMESTAMP = pl.Datetime("ns", "UTC")
 STR_LIST = pl.List(pl.Utf8)
@@ -18,11 +23,11 @@ INT_LIST = pl.List(pl.Int64)
 @dataclass(frozen=True)
 class Field:
     name: str
-    dtype: pl.DataType
+    dtype: DType
     doc: str
 
 
-def _f(name: str, dtype: pl.DataType, doc: str) -> Field:
+def _f(name: str, dtype: DType, doc: str) -> Field:
     return Field(name, dtype, doc)
 
 
@@ -79,7 +84,7 @@ FLOW: tuple[Field, ...] = (
 TLS: tuple[Field, ...] = (
     *PACKET_COMMON,
     _f("tls.client.server_name", pl.Utf8, "SNI host name (empty string: no SNI extension)."),
-    _f("tls.client.ja3", pl.Utf8, "JA3 MD5 of the ClientHello (null for QUIC and SSLv2 format)."),
+    _f("tls.client.ja3", pl.Utf8, "JA3 MD5 of the ClientHello (QUIC too, as tshark does; null for SSLv2 format)."),
     _f("tls.client.ja3_string", pl.Utf8, "JA3 string before hashing."),
     _f("tls.client.ja4", pl.Utf8, "JA4 (FoxIO, BSD-3): t/q, version, SNI, counts, ALPN, hashes."),
     _f("tls.client.ja4_r", pl.Utf8, "JA4 raw (sorted lists, unhashed)."),
@@ -120,6 +125,8 @@ DNS: tuple[Field, ...] = (
     _f("dns.question.name", pl.Utf8, "First question name (wire form, dot separated)."),
     _f("dns.question.type", pl.Utf8, "First question type name (A, AAAA, …) or TYPEnn."),
     _f("dns.question.type_code", pl.Int32, "First question type number."),
+    _f("dns.questions.name", STR_LIST, "Every question name, in order (mDNS packs several)."),
+    _f("dns.questions.type_code", INT_LIST, "Every question type number, in order."),
     _f("dns.answers.data", STR_LIST, "A, AAAA and CNAME answer data, in order."),
     _f("dns.answers.name", STR_LIST, "Owner names of the answers, in order."),
     _f("dns.response_code", pl.Utf8, "NOERROR, NXDOMAIN, … (answers only)."),
@@ -194,7 +201,7 @@ def fields(event_type: str, enriched: bool = True) -> tuple[Field, ...]:
     return base + tuple(f for f in extra if f.name not in names)
 
 
-def polars_schema(event_type: str, enriched: bool = True) -> dict[str, pl.DataType]:
+def polars_schema(event_type: str, enriched: bool = True) -> dict[str, DType]:
     return {f.name: f.dtype for f in fields(event_type, enriched)}
 
 

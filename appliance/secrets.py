@@ -103,13 +103,16 @@ _API_KEY_RX = re.compile(
     r"|gsk_[A-Za-z0-9]{20,}|xai-[A-Za-z0-9]{20,})"
 )
 _BEARER_RX = re.compile(r"(?i)\b(bearer|basic|token)\s+([A-Za-z0-9._~+/=-]{8,})")
-_PAN_RX = re.compile(r"(?<![0-9])(?:[0-9][ -]?){12,18}[0-9](?![0-9])")
+# Card numbers: 15-19 digits (spaces or dashes allowed) starting with an issuer prefix of the major
+# networks (Visa 4, Mastercard 51-55/22-27, Amex 34/37, Discover 6011/64/65, JCB 35, Diners 30/36/38,
+# UnionPay 62), then Luhn-checked. The prefix keeps 13-digit millisecond timestamps (1…) out.
+_PAN_RX = re.compile(r"(?<![0-9])(?:4|5[1-5]|2[2-7]|3[0478]|3[56]|6[0245])(?:[ -]?[0-9]){13,17}(?![0-9])")
 _EMAIL_RX = re.compile(r"\b([A-Za-z0-9._%+-]+)@([A-Za-z0-9.-]+\.[A-Za-z]{2,})\b")
 
 
 def _pan_sub(m: re.Match[str]) -> str:
     digits = re.sub(r"[ -]", "", m.group(0))
-    if 13 <= len(digits) <= 19 and luhn_ok(digits):
+    if 15 <= len(digits) <= 19 and luhn_ok(digits):
         return fingerprint(digits, "pan")
     return m.group(0)
 

@@ -1,1 +1,1 @@
-"""testing stage."""
+"""Test factories shared by the project's tests, rules and plug-ins."""

@@ -1,0 +1,219 @@
+"""The one CLI boundary: only this module (and the cli_* command modules) print and exit.
+
+Known errors become one `appliance: error: …` line and a documented exit code; anything else is an
+internal error whose traceback `--traceback` shows (httpie's raw_main/program split).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from enum import IntEnum
+from typing import Any
+
+import click
+
+from appliance import __version__, config, secrets
+from appliance.errors import ApplianceError, ConfigError, InputError
+
+
+class ExitStatus(IntEnum):
+    OK = 0
+    ERROR = 1  # a known error (bad config, bad rule, unreadable file)
+    USAGE = 2  # click's own usage errors
+    PARTIAL_INPUT = 3  # some input could not be read to the end; everything before was written
+    INTERNAL = 70  # a bug: run again with --traceback and report it
+
+
+log = logging.getLogger("appliance")
+
+
+def _setup_logging(verbose: int, json_logs: bool) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    handler = logging.StreamHandler(sys.stderr)
+    if json_logs:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("appliance: %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"ts": self.formatTime(record), "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()})
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="appliance")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("--json-logs", is_flag=True, help="Structured JSON log lines on stderr.")
+@click.option("--traceback", "show_traceback", is_flag=True, help="Show the traceback of internal errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, json_logs: bool, show_traceback: bool) -> None:
+    """Find hidden third-party routers reselling model-API access, from packets and request logs."""
+    _setup_logging(verbose, json_logs)
+    ctx.ensure_object(dict)
+    ctx.obj["traceback"] = show_traceback
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
+@click.option("--batch-packets", type=int, help="Packets per batch (default from config: 65536).")
+@click.option("--max-flows", type=int, help="Most live flows kept before eviction.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_packets: int | None,
+           max_flows: int | None, as_json: bool, progress: bool | None) -> None:
+    """Replay pcap/pcapng files (or folders of them) into events, alerts and findings in OUT."""
+    from appliance.decode.flows import FlowLimits
+    from appliance.pipeline import Pipeline
+    from appliance.sinks.summary import write_summary
+    from appliance.sources.pcap import CaptureReader, expand_paths
+
+    cfg = config.load(config_path)
+    secrets.set_secret(cfg["secret"])
+    files = expand_paths(paths)
+    if not files:
+        raise InputError(", ".join(paths), "no pcap or pcapng files found")
+    os.makedirs(out_dir, exist_ok=True)
+    limits = FlowLimits(
+        max_flows=max_flows or cfg["flows.max"],
+        tcp_idle_s=cfg["flows.tcp_idle_s"],
+        udp_idle_s=cfg["flows.udp_idle_s"],
+        other_idle_s=cfg["flows.other_idle_s"],
+        active_s=cfg["flows.active_s"],
+        community_id_seed=cfg["flows.community_id_seed"],
+    )
+    if limits.max_flows < 1:
+        raise ConfigError("--max-flows must be at least 1")
+    reader = CaptureReader(files, batch_size=batch_packets or cfg["batch_packets"])
+    pipeline = Pipeline(out_dir, limits)
+    started = time.perf_counter()
+    show = sys.stderr.isatty() if progress is None else progress
+    paths_out = _run_with_progress(pipeline, reader, show)
+    elapsed = time.perf_counter() - started
+    summary: dict[str, Any] = {
+        "files": [{"path": f, "format": reader.stats.formats.get(f)} for f in files],
+        "input_errors": reader.stats.errors,
+        **pipeline.summary(),
+        "elapsed_s": round(elapsed, 3),
+        "packets_per_s": round(pipeline.counters.packets / elapsed) if elapsed > 0 else None,
+        "outputs": paths_out,
+    }
+    write_summary(out_dir, summary)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        _print_summary(summary, out_dir)
+    for err in reader.stats.errors:
+        click.echo(f"appliance: error: {err}", err=True)
+    if reader.stats.errors:
+        sys.exit(ExitStatus.PARTIAL_INPUT)
+
+
+def _run_with_progress(pipeline: Any, reader: Any, show: bool) -> dict[str, str]:
+    if not show:
+        return pipeline.run_packets(reader.batches())
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+    columns = (TextColumn("replay"), BarColumn(), TransferSpeedColumn(), TextColumn("{task.fields[pps]} pkt/s"), TimeElapsedColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("replay", total=reader.total_bytes or None, pps="-")
+        t0 = time.perf_counter()
+
+        def tick(batch: Any) -> None:
+            dt = max(time.perf_counter() - t0, 1e-9)
+            bar.update(task, advance=batch.captured_bytes + 16 * len(batch), pps=f"{pipeline.counters.packets / dt:,.0f}")
+
+        return pipeline.run_packets(reader.batches(), tick)
+
+
+def _print_summary(s: dict[str, Any], out_dir: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=False)
+    t = Table(title=f"replay → {out_dir}", show_header=False)
+    t.add_row("files", str(len(s["files"])))
+    t.add_row("packets", f"{s['packets']:,} ({s['bytes']:,} bytes) in {s['elapsed_s']} s, {s['packets_per_s'] or 0:,} pkt/s")
+    t.add_row("time span", f"{s['first_packet']} → {s['last_packet']}")
+    t.add_row("malformed", ", ".join(f"{k} {v}" for k, v in s["malformed"].items()) or "none")
+    t.add_row("flows", f"{s['flows']:,} (evicted {s['evicted']['flows']})")
+    t.add_row("events", ", ".join(f"{k} {v:,}" for k, v in s["events"].items()) or "none")
+    console.print(t)
+    console.print(f"summary: {os.path.join(out_dir, 'summary.json')}")
+
+
+@cli.group("config")
+def config_group() -> None:
+    """The configuration file."""
+
+
+@config_group.command("example")
+def config_example() -> None:
+    """Print an example config with every setting, its default and its help."""
+    click.echo(config.example_yaml())
+
+
+@config_group.command("check")
+@click.argument("path", type=click.Path(dir_okay=False))
+def config_check(path: str) -> None:
+    """Validate a config file (unknown keys and wrong types name file:line:column)."""
+    config.load(path)
+    click.echo(f"{path}: ok")
+
+
+def _add_optional_commands() -> None:
+    """Command groups owned by other modules: rules, graph, simulate."""
+    import importlib
+
+    for module, attr in (("appliance.cli_rules", "rules"), ("appliance.cli_graph", "graph"), ("appliance.simulate.cli", "simulate")):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            if exc.name and exc.name.startswith(module):
+                continue
+            raise
+        cli.add_command(getattr(mod, attr))
+
+
+_add_optional_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the click group and turns errors into exit codes."""
+    args = sys.argv[1:] if argv is None else argv
+    show_tb = "--traceback" in args
+    try:
+        cli.main(args=args, prog_name="appliance", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("appliance: aborted", err=True)
+        sys.exit(ExitStatus.ERROR)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(ExitStatus.USAGE)
+    except ApplianceError as exc:
+        click.echo(f"appliance: error: {exc}", err=True)
+        sys.exit(ExitStatus.ERROR)
+    except KeyboardInterrupt:
+        click.echo("appliance: interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # the one place a bug is caught: one line, or the traceback on request
+        if show_tb:
+            traceback.print_exc()
+        click.echo(f"appliance: internal error: {type(exc).__name__}: {exc} (run with --traceback for details)", err=True)
+        sys.exit(ExitStatus.INTERNAL)
+
+
+if __name__ == "__main__":
+    main()
