@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# The demo's deployment secret is public on purpose: real deployments set their own.
 demo: $(STAMP)
-	$(BIN)/appliance replay pcaps/ --out $(OUT)
+	APPLIANCE_SECRET=demo-secret-not-for-production $(BIN)/appliance replay pcaps/ --out $(OUT) \
+	  --geoip pcaps/geo/demo-geo.csv --requests pcaps/requests.jsonl --accounts pcaps/accounts.jsonl
 
 lint: $(STAMP)
 	$(BIN)/ruff check appliance tests bench

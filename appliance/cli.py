@@ -68,11 +68,19 @@ def cli(ctx: click.Context, verbose: int, json_logs: bool, show_traceback: bool)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
 @click.option("--batch-packets", type=int, help="Packets per batch (default from config: 65536).")
 @click.option("--max-flows", type=int, help="Most live flows kept before eviction.")
+@click.option("--geoip", multiple=True, type=click.Path(dir_okay=False), help="MaxMind-format .mmdb (repeatable) or a prefix CSV.")
+@click.option("--catalogs", type=click.Path(file_okay=False), help="Data catalogs folder (default: rules/data).")
+@click.option("--requests", "requests_paths", multiple=True, type=click.Path(), help="API gateway request logs (files or folders; repeatable).")
+@click.option("--accounts", "accounts_paths", multiple=True, type=click.Path(), help="Account and payment records (repeatable).")
+@click.option("--mapping", type=click.Path(dir_okay=False), help="Field-mapping YAML for request logs in another shape.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_packets: int | None,
-           max_flows: int | None, as_json: bool, progress: bool | None) -> None:
+           max_flows: int | None, geoip: tuple[str, ...], catalogs: str | None, requests_paths: tuple[str, ...],
+           accounts_paths: tuple[str, ...], mapping: str | None, as_json: bool, progress: bool | None) -> None:
     """Replay pcap/pcapng files (or folders of them) into events, alerts and findings in OUT."""
+    from appliance.enrich.catalog import Catalogs
+    from appliance.enrich.geoip import GeoIP
     from appliance.decode.flows import FlowLimits
     from appliance.pipeline import Pipeline
     from appliance.sinks.summary import write_summary
@@ -95,15 +103,20 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
     if limits.max_flows < 1:
         raise ConfigError("--max-flows must be at least 1")
     reader = CaptureReader(files, batch_size=batch_packets or cfg["batch_packets"])
-    pipeline = Pipeline(out_dir, limits)
+    geo = GeoIP.open(list(geoip) or cfg["geoip"])
+    cats = Catalogs.load(catalogs or cfg["catalogs"] or os.path.join(config.PROJECT_RULES, "data"))
+    pipeline = Pipeline(out_dir, limits, enrichers=[enricher(geo, cats)])
     started = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
     paths_out = _run_with_progress(pipeline, reader, show)
+    metadata = ingest_metadata(out_dir, geo, requests_paths, accounts_paths, mapping)
     elapsed = time.perf_counter() - started
     summary: dict[str, Any] = {
         "files": [{"path": f, "format": reader.stats.formats.get(f)} for f in files],
         "input_errors": reader.stats.errors,
         **pipeline.summary(),
+        "metadata": metadata,
+        "geoip": geo.kinds,
         "elapsed_s": round(elapsed, 3),
         "packets_per_s": round(pipeline.counters.packets / elapsed) if elapsed > 0 else None,
         "outputs": paths_out,
@@ -117,6 +130,44 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
         click.echo(f"appliance: error: {err}", err=True)
     if reader.stats.errors:
         sys.exit(ExitStatus.PARTIAL_INPUT)
+
+
+def enricher(geo: Any, cats: Any) -> Any:
+    """One enrichment step for the pipeline: learn DNS answers, add ASN/geo, then the service."""
+
+    def enrich(etype: str, frame: Any) -> Any:
+        if etype == "dns":
+            cats.learn_dns(frame)
+        return cats.service(geo.enrich(frame), etype)
+
+    return enrich
+
+
+def ingest_metadata(out_dir: str, geo: Any, requests_paths: tuple[str, ...], accounts_paths: tuple[str, ...],
+                    mapping: str | None) -> dict[str, Any]:
+    """Request and account logs → enriched events/requests.parquet, events/accounts.parquet, rejects.jsonl."""
+    from appliance import schema
+    from appliance.sinks.parquet import EventWriter
+    from appliance.sources.metadata import read_metadata
+
+    counts: dict[str, Any] = {}
+    rejects: list[dict[str, Any]] = []
+    for kind, paths, side, m in (("request", requests_paths, "source", mapping), ("account", accounts_paths, "signup", None)):
+        if not paths:
+            continue
+        result = read_metadata(list(paths), kind, m)
+        frame = schema.conform(geo.enrich(result.frame, (side,)), kind, enriched=True)
+        writer = EventWriter(out_dir, kind, enriched=True)
+        writer.write(frame)
+        writer.close()
+        rejects += result.rejects
+        counts[kind] = result.counts
+    path = os.path.join(out_dir, "rejects.jsonl")
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        for r in rejects:
+            fh.write(json.dumps(r, sort_keys=True, default=str) + "\n")
+    os.replace(path + ".tmp", path)
+    return counts
 
 
 def _run_with_progress(pipeline: Any, reader: Any, show: bool) -> dict[str, str]:

@@ -37,11 +37,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("flows.active_s", float, 1800.0, "A flow longer than this is cut (active_timeout) so long-lived "
             "connections still produce records."),
     Setting("flows.community_id_seed", int, 0, "Seed of the Community ID hash (0 unless your other tools use one)."),
-    Setting("geoip", list, [], "MaxMind-format .mmdb files (ASN, Country, City, Anonymous IP, DB-IP, IPinfo)."),
+    Setting("geoip", list, [], "MaxMind-format .mmdb files (ASN, Country, City, Anonymous IP, DB-IP Lite, IPinfo "
+            "Lite), or a prefix CSV that is built into a database (the demo's pcaps/geo/demo-geo.csv)."),
+    Setting("catalogs", str, None, "Folder of data catalogs (AI endpoints, hosting and VPN ASNs, restricted "
+            "regions, disposable email domains). Default: the rules/data folder shipped with the project."),
     Setting("rules", list, ["rules"], "Rule files or folders."),
     Setting("report", bool, True, "Write report.html after a replay."),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
+
+# The project's own rules/ folder (next to the package in a checkout or an editable install).
+PROJECT_RULES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "rules")
 
 
 @dataclass

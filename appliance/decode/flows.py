@@ -46,7 +46,7 @@ class Flow:
     __slots__ = (
         "key", "fid", "cid", "orig_a", "start", "last", "pkts", "bytes", "payload",
         "history", "fin_a", "fin_b", "rst", "closed_at", "vlan", "protocol", "sni", "host",
-        "tls_seen", "http_pending",
+        "tls_seen", "http_pending", "_ends",
     )
 
     def __init__(self, key: tuple, orig_a: bool, start: int, vlan: list[int], seed: int) -> None:
@@ -73,13 +73,13 @@ class Flow:
         else:
             self.cid = community_id(proto, sb, sa, b_port, a_port, seed, oneway)
         self.fid = "C" + hashlib.sha1(f"{self.cid}|{start}".encode()).hexdigest()[:17]
+        a = socket.inet_ntop(socket.AF_INET if ver == 4 else socket.AF_INET6, sa)
+        b = socket.inet_ntop(socket.AF_INET if ver == 4 else socket.AF_INET6, sb)
+        self._ends = (a, a_port, b, b_port) if orig_a else (b, b_port, a, a_port)
 
     def endpoints(self) -> tuple[str, int, str, int]:
         """(source ip, source port, destination ip, destination port) in originator order."""
-        ver, _p, a_hi, a_lo, b_hi, b_lo, a_port, b_port, _o = self.key
-        a = addr_text(ver, a_hi, a_lo)
-        b = addr_text(ver, b_hi, b_lo)
-        return (a, a_port, b, b_port) if self.orig_a else (b, b_port, a, a_port)
+        return self._ends
 
     @property
     def proto(self) -> int:

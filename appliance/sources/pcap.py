@@ -110,27 +110,29 @@ class _Reader:
         stats.formats[path] = fmt
         self.fh: Any = gzip.open(path, "rb") if fmt.endswith("gzip") else open(path, "rb")
         self.buf = b""
+        self.pos = 0  # first unread byte of buf
         self.base = 0  # file offset of buf[0] (decompressed offset for gzip)
         self.eof = False
         self.frame = 0
 
     def _fill(self, need: int) -> bool:
-        """Make at least `need` bytes available in buf; False at end of file."""
-        while len(self.buf) < need and not self.eof:
+        """Make at least `need` unread bytes available from `pos`; False at end of file.
+
+        The unread tail is copied once per chunk read (not once per batch), so the cost of buffer
+        management stays far below the record walk's."""
+        while len(self.buf) - self.pos < need and not self.eof:
             try:
-                chunk = self.fh.read(max(CHUNK_BYTES, need - len(self.buf)))
+                chunk = self.fh.read(max(CHUNK_BYTES, need))
             except (OSError, EOFError) as exc:
                 self.eof = True
                 raise InputError(self.path, f"read error: {exc}", self.base + len(self.buf)) from None
             if not chunk:
                 self.eof = True
                 break
-            self.buf += chunk
-        return len(self.buf) >= need
-
-    def _consume(self, n: int) -> None:
-        self.buf = self.buf[n:]
-        self.base += n
+            self.base += self.pos
+            self.buf = self.buf[self.pos :] + chunk if self.pos < len(self.buf) else chunk
+            self.pos = 0
+        return len(self.buf) - self.pos >= need
 
     def close(self) -> None:
         self.fh.close()
@@ -148,34 +150,44 @@ class _Reader:
         endian, ts_mult = PCAP_MAGICS[self.buf[:4]]
         snaplen, linktype = struct.unpack_from(endian + "II", self.buf, 16)
         linktype &= 0x0FFFFFFF  # upper bits carry FCS info (pcap-savefile(5))
-        self._consume(24)
+        self.pos = 24
         caplen_at = struct.Struct(endian + "I").unpack_from
         hdr_dtype = np.dtype([("sec", endian + "u4"), ("frac", endian + "u4"), ("incl", endian + "u4"), ("orig", endian + "u4")])
         while True:
-            self._fill(CHUNK_BYTES)
+            self._fill(CHUNK_BYTES // 2)
             buf, end = self.buf, len(self.buf)
             positions: list[int] = []
-            pos = 0
+            pos = self.pos
             limit = self.batch_size
             error: InputError | None = None
-            while pos + 16 <= end and len(positions) < limit:
+            append = positions.append
+            stop = end - 16
+            for _ in range(limit):  # the one per-packet Python loop: keep it minimal
+                if pos > stop:
+                    break
+                nxt = pos + 16 + caplen_at(buf, pos + 8)[0]
+                if nxt > end:
+                    break
+                append(pos)
+                pos = nxt
+            if positions:
+                caps = np.frombuffer(buf, np.uint8)[np.asarray(positions, np.int64)[:, None] + np.arange(8, 12)]
+                bad = np.nonzero(caps.copy().view(endian + "u4").reshape(-1) > MAX_CAPLEN)[0]
+                if len(bad):
+                    pos = positions[int(bad[0])]
+                    del positions[int(bad[0]) :]
+            if pos <= stop and caplen_at(buf, pos + 8)[0] > MAX_CAPLEN:
                 incl = caplen_at(buf, pos + 8)[0]
-                if incl > MAX_CAPLEN:
-                    error = InputError(self.path, f"absurd record length {incl} (corrupt record header)", self.base + pos)
-                    break
-                if pos + 16 + incl > end:
-                    break
-                positions.append(pos)
-                pos += 16 + incl
+                error = InputError(self.path, f"absurd record length {incl} (corrupt record header)", self.base + pos)
             if positions:
                 yield self._pcap_batch(buf, positions, hdr_dtype, ts_mult, linktype)
-            self._consume(pos)
+            self.pos = pos
             if error:
                 raise error
-            if len(positions) < limit and (self.eof or not self._fill(len(self.buf) + 1)):
-                if self.buf:
+            if not positions and not self._fill(len(self.buf) - self.pos + 1):
+                if self.pos < len(self.buf):
                     raise InputError(
-                        self.path, f"truncated packet record ({len(self.buf)} trailing bytes)", self.base
+                        self.path, f"truncated packet record ({len(self.buf) - self.pos} trailing bytes)", self.base + self.pos
                     )
                 return
 
@@ -213,8 +225,8 @@ class _Reader:
             origs: list[int] = []
             tss: list[int] = []
             links: list[int] = []
-            self._fill(CHUNK_BYTES)
-            buf, end, pos = self.buf, len(self.buf), 0
+            self._fill(CHUNK_BYTES // 2)
+            buf, end, pos = self.buf, len(self.buf), self.pos
             error: InputError | None = None
             while pos + 12 <= end and len(positions) < self.batch_size:
                 btype = struct.unpack_from(endian + "I", buf, pos)[0]
@@ -260,12 +272,15 @@ class _Reader:
                     np.asarray(tss, np.int64),
                     np.asarray(links, np.int32),
                 )
-            self._consume(pos)
+            progressed = pos > self.pos
+            self.pos = pos
             if error:
                 raise error
-            if len(positions) < self.batch_size and (self.eof or not self._fill(len(self.buf) + 1)):
-                if self.buf:
-                    raise InputError(self.path, f"truncated pcapng block ({len(self.buf)} trailing bytes)", self.base)
+            if not progressed and not self._fill(len(self.buf) - self.pos + 1):
+                if self.pos < len(self.buf):
+                    raise InputError(
+                        self.path, f"truncated pcapng block ({len(self.buf) - self.pos} trailing bytes)", self.base + self.pos
+                    )
                 return
 
 
