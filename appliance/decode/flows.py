@@ -46,7 +46,7 @@ class Flow:
     __slots__ = (
         "key", "fid", "cid", "orig_a", "start", "last", "pkts", "bytes", "payload",
         "history", "fin_a", "fin_b", "rst", "closed_at", "vlan", "protocol", "sni", "host",
-        "tls_seen", "http_pending", "_ends",
+        "tls_seen", "_ends",
     )
 
     def __init__(self, key: tuple, orig_a: bool, start: int, vlan: list[int], seed: int) -> None:
@@ -65,7 +65,6 @@ class Flow:
         self.sni: str | None = None
         self.host: str | None = None
         self.tls_seen: set[tuple[int, int]] = set()
-        self.http_pending: list[dict] = []
         ver, proto, a_hi, a_lo, b_hi, b_lo, a_port, b_port, oneway = key
         sa, sb = _addr_bytes(ver, a_hi, a_lo), _addr_bytes(ver, b_hi, b_lo)
         if orig_a:

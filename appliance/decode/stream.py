@@ -136,7 +136,7 @@ class DeepParser:
         off_l = poff[idx].tolist()
         cap_l = cap[idx].tolist()
         cut_l = h.snap_cut[order[idx]].tolist()
-        self._ctx = (b, h, seg, order, tcp, cap, poff)
+        self._ctx = (b, h.seq[order], seg, tcp & seg.a_to_b, tcp & ~seg.a_to_b, cap, poff)
         for j in range(len(idx)):
             f = flows[seg_l[j]]
             data = d[off_l[j] : off_l[j] + cap_l[j]].tobytes()
@@ -176,19 +176,20 @@ class DeepParser:
         sorted order, so only its own segment is scanned, in sequence order (out-of-order arrivals
         and retransmissions included)."""
         assert self._ctx is not None
-        b, h, seg, order, tcp, cap, poff = self._ctx
+        b, seq_s, seg, tcp_fwd, tcp_rev, cap, poff = self._ctx
         s = int(seg.seg_of_sorted[pos])
         lo, hi = int(seg.bounds[s]), int(seg.bounds[s + 1])
-        cand = np.arange(lo, hi)
-        cand = cand[tcp[lo:hi] & (seg.a_to_b[lo:hi] == r.fwd) & (cand != pos)]
+        mine = (tcp_fwd if r.fwd else tcp_rev)[lo:hi]
+        cand = np.nonzero(mine)[0] + lo
+        cand = cand[cand != pos]
         if len(cand) == 0:
             return
-        rel = (h.seq[order[cand]].astype(np.int64) - r.start_seq) & 0xFFFFFFFF
+        rel = (seq_s[cand].astype(np.int64) - r.start_seq) & 0xFFFFFFFF
         keep = rel < REASM_LIMIT
         cand, rel = cand[keep], rel[keep]
         d = b.data
         for j in cand[np.argsort(rel, kind="stable")].tolist():
-            if r.add(int(h.seq[order[j]]), d[poff[j] : poff[j] + cap[j]].tobytes()):
+            if r.add(int(seq_s[j]), d[poff[j] : poff[j] + cap[j]].tobytes()):
                 self._try(key, r)
                 if key not in self.pending:
                     return
@@ -372,13 +373,6 @@ class DeepParser:
         except Malformed as exc:
             self._bad(exc.reason)
             return
-        if "dns.questions.name" not in fields:  # TODO(lead): move into dns.parse_message
-            try:
-                qs = dns.questions(data)
-            except Malformed:
-                qs = []
-            fields["dns.questions.name"] = [q[0] for q in qs]
-            fields["dns.questions.type_code"] = [q[1] for q in qs]
         bad = fields.pop("_malformed", None)
         if bad:
             self._bad(str(bad))
