@@ -13,7 +13,7 @@ import sys
 import time
 import traceback
 from enum import IntEnum
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -73,15 +73,18 @@ def cli(ctx: click.Context, verbose: int, json_logs: bool, show_traceback: bool)
 @click.option("--requests", "requests_paths", multiple=True, type=click.Path(), help="API gateway request logs (files or folders; repeatable).")
 @click.option("--accounts", "accounts_paths", multiple=True, type=click.Path(), help="Account and payment records (repeatable).")
 @click.option("--mapping", type=click.Path(dir_okay=False), help="Field-mapping YAML for request logs in another shape.")
+@click.option("--rules", "rule_paths", multiple=True, type=click.Path(), help="Rule files or folders (default: the shipped pack).")
+@click.option("--no-rules", is_flag=True, help="Decode and enrich only; run no rules.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_packets: int | None,
            max_flows: int | None, geoip: tuple[str, ...], catalogs: str | None, requests_paths: tuple[str, ...],
-           accounts_paths: tuple[str, ...], mapping: str | None, as_json: bool, progress: bool | None) -> None:
+           accounts_paths: tuple[str, ...], mapping: str | None, rule_paths: tuple[str, ...], no_rules: bool,
+           as_json: bool, progress: bool | None) -> None:
     """Replay pcap/pcapng files (or folders of them) into events, alerts and findings in OUT."""
+    from appliance.decode.flows import FlowLimits
     from appliance.enrich.catalog import Catalogs
     from appliance.enrich.geoip import GeoIP
-    from appliance.decode.flows import FlowLimits
     from appliance.pipeline import Pipeline
     from appliance.sinks.summary import write_summary
     from appliance.sources.pcap import CaptureReader, expand_paths
@@ -104,18 +107,22 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
         raise ConfigError("--max-flows must be at least 1")
     reader = CaptureReader(files, batch_size=batch_packets or cfg["batch_packets"])
     geo = GeoIP.open(list(geoip) or cfg["geoip"])
-    cats = Catalogs.load(catalogs or cfg["catalogs"] or os.path.join(config.PROJECT_RULES, "data"))
-    pipeline = Pipeline(out_dir, limits, enrichers=[enricher(geo, cats)])
+    catalogs_dir = catalogs or cfg["catalogs"] or os.path.join(config.PROJECT_RULES, "data")
+    cats = Catalogs.load(catalogs_dir)
+    detect = Detection(out_dir, None if no_rules else list(rule_paths) or cfg["rules"] or [config.PROJECT_RULES], catalogs_dir)
+    pipeline = Pipeline(out_dir, limits, enrichers=[enricher(geo, cats)], event_sinks=[detect.on_events])
     started = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
     paths_out = _run_with_progress(pipeline, reader, show)
-    metadata = ingest_metadata(out_dir, geo, requests_paths, accounts_paths, mapping)
+    metadata = ingest_metadata(out_dir, geo, requests_paths, accounts_paths, mapping, detect.on_events)
+    detection = detect.finish()
     elapsed = time.perf_counter() - started
     summary: dict[str, Any] = {
         "files": [{"path": f, "format": reader.stats.formats.get(f)} for f in files],
         "input_errors": reader.stats.errors,
         **pipeline.summary(),
         "metadata": metadata,
+        **detection,
         "geoip": geo.kinds,
         "elapsed_s": round(elapsed, 3),
         "packets_per_s": round(pipeline.counters.packets / elapsed) if elapsed > 0 else None,
@@ -143,8 +150,38 @@ def enricher(geo: Any, cats: Any) -> Any:
     return enrich
 
 
+class Detection:
+    """The judgement stages after decoding: rules now (alerts.jsonl); relay and graph findings next."""
+
+    def __init__(self, out_dir: str, rule_paths: list[str] | None, catalogs_dir: str) -> None:
+        from appliance.detect.rules.engine import RuleEngine
+        from appliance.sinks.jsonl import JsonlWriter
+
+        self.engine = None
+        if rule_paths is not None:
+            self.engine = RuleEngine.load(rule_paths, data_dirs=(os.path.join(config.PROJECT_RULES, "lists"), catalogs_dir))
+        self.alerts = JsonlWriter(os.path.join(out_dir, "alerts.jsonl"))
+        self.by_rule: dict[str, int] = {}
+
+    def on_events(self, etype: str, frame: Any) -> None:
+        if self.engine is not None and frame.height:
+            self._write(self.engine.evaluate(etype, frame))
+
+    def _write(self, alerts: list[dict[str, Any]]) -> None:
+        for a in alerts:
+            self.by_rule[a["rule.name"]] = self.by_rule.get(a["rule.name"], 0) + 1
+        self.alerts.write_many(alerts)
+
+    def finish(self) -> dict[str, Any]:
+        if self.engine is not None:
+            self._write(self.engine.flush())
+        self.alerts.close()
+        return {"alerts": self.alerts.count, "alerts_by_rule": dict(sorted(self.by_rule.items())),
+                "rules": {"stats": dict(getattr(self.engine, "stats", {}) or {})} if self.engine else None}
+
+
 def ingest_metadata(out_dir: str, geo: Any, requests_paths: tuple[str, ...], accounts_paths: tuple[str, ...],
-                    mapping: str | None) -> dict[str, Any]:
+                    mapping: str | None, on_events: Any) -> dict[str, Any]:
     """Request and account logs → enriched events/requests.parquet, events/accounts.parquet, rejects.jsonl."""
     from appliance import schema
     from appliance.sinks.parquet import EventWriter
@@ -152,11 +189,16 @@ def ingest_metadata(out_dir: str, geo: Any, requests_paths: tuple[str, ...], acc
 
     counts: dict[str, Any] = {}
     rejects: list[dict[str, Any]] = []
-    for kind, paths, side, m in (("request", requests_paths, "source", mapping), ("account", accounts_paths, "signup", None)):
+    jobs: tuple[tuple[Literal["request", "account"], tuple[str, ...], str, str | None], ...] = (
+        ("request", requests_paths, "source", mapping),
+        ("account", accounts_paths, "signup", None),
+    )
+    for kind, paths, side, m in jobs:
         if not paths:
             continue
         result = read_metadata(list(paths), kind, m)
         frame = schema.conform(geo.enrich(result.frame, (side,)), kind, enriched=True)
+        on_events(kind, frame)
         writer = EventWriter(out_dir, kind, enriched=True)
         writer.write(frame)
         writer.close()

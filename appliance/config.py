@@ -41,7 +41,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Lite), or a prefix CSV that is built into a database (the demo's pcaps/geo/demo-geo.csv)."),
     Setting("catalogs", str, None, "Folder of data catalogs (AI endpoints, hosting and VPN ASNs, restricted "
             "regions, disposable email domains). Default: the rules/data folder shipped with the project."),
-    Setting("rules", list, ["rules"], "Rule files or folders."),
+    Setting("rules", list, [], "Rule files or folders (default: the rule pack shipped in rules/)."),
     Setting("report", bool, True, "Write report.html after a replay."),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}

@@ -64,7 +64,7 @@ class Flow:
         self.protocol: str | None = None
         self.sni: str | None = None
         self.host: str | None = None
-        self.tls_seen: set[tuple[int, int]] = set()
+        self.tls_seen: set[tuple[object, object]] = set()  # parsed message starts; ("hello", direction) marks
         ver, proto, a_hi, a_lo, b_hi, b_lo, a_port, b_port, oneway = key
         sa, sb = _addr_bytes(ver, a_hi, a_lo), _addr_bytes(ver, b_hi, b_lo)
         if orig_a:

@@ -250,7 +250,12 @@ class DeepParser:
                 self.counters["reassembly_dropped"] += 1
             return
         except Malformed as exc:
-            self._bad(exc.reason)
+            if r.kind == TLS_KIND and ("hello", r.fwd) in r.flow.tls_seen:
+                # after its hello a direction's handshake records are encrypted (TLS 1.2 Finished,
+                # renegotiation): opaque, not malformed
+                self.counters["tls_encrypted_handshake"] = self.counters.get("tls_encrypted_handshake", 0) + 1
+            else:
+                self._bad(exc.reason)
         self.pending.pop(key, None)
 
     def _base(self, f: Flow, client_fwd: bool, ts: int) -> dict[str, Any]:
@@ -280,6 +285,7 @@ class DeepParser:
     def _tls(self, r: _Reasm) -> None:
         msgs = tls.parse_records(bytes(r.buf))
         f = r.flow
+        f.tls_seen.add(("hello", r.fwd))
         for mtype, body in msgs:
             if mtype in (tls.CLIENT_HELLO, tls.SSLV2_CLIENT_HELLO):
                 fields = tls.client_hello_fields(body, sslv2=mtype == tls.SSLV2_CLIENT_HELLO)
