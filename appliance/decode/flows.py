@@ -215,7 +215,11 @@ class FlowTable:
         vi = h.vlan_inner[sel][order][starts].tolist()
         seg_flows: list[Flow] = []
         orig_a = np.empty(nseg, bool)
-        for s in range(nseg):
+        counts = zip(
+            pk_a.tolist(), pk_b.tolist(), by_a.tolist(), by_b.tolist(), pl_a.tolist(), pl_b.tolist(),
+            last_t.tolist(), fin_a.tolist(), fin_b.tolist(), rst.tolist(), strict=True,
+        )
+        for s, (pa, pb, ba, bb, qa, qb, lt_, fa, fb, r) in enumerate(counts):
             key = keys[s]
             t0 = start_t[s]
             fsyn = first_syn_l[s]
@@ -226,8 +230,8 @@ class FlowTable:
                 if t0 - f.last > idle * 1e9:
                     self._finish(f, self._closed_reason(f) or "idle_timeout")
                     f = None
-                elif f.closed_at is not None and fsyn == int(starts[s]):
-                    self._finish(f, self._closed_reason(f) or "fin")
+                elif fsyn == int(starts[s]) and (f.fin_a or f.fin_b or f.rst):
+                    self._finish(f, self._closed_reason(f) or "fin")  # port reuse: a new connection
                     f = None
                 elif t0 - f.start > lim.active_s * 1e9:
                     self._finish(f, "active_timeout")
@@ -242,6 +246,19 @@ class FlowTable:
                 self.stats.created += 1
             seg_flows.append(f)
             orig_a[s] = f.orig_a
+            # counters now, so a later segment of the same key in this batch sees this one's state
+            f.pkts[0] += pa
+            f.pkts[1] += pb
+            f.bytes[0] += ba
+            f.bytes[1] += bb
+            f.payload[0] += qa
+            f.payload[1] += qb
+            f.last = lt_
+            f.fin_a |= fa
+            f.fin_b |= fb
+            f.rst |= r
+            if f.closed_at is None and (f.rst or (f.fin_a and f.fin_b)):
+                f.closed_at = lt_
 
         # history strings, vectorised: letters sorted by first position, upper case = originator
         chars = np.frombuffer(b"SsHhAaDdFfRr", np.uint8)
@@ -252,32 +269,12 @@ class FlowTable:
         lt = np.take_along_axis(letter, srt, axis=1)
         lt = np.where(hp == big, 0, lt).astype(np.uint8)
         hist = np.ascontiguousarray(lt).view("S12").reshape(-1).tolist()
-
-        upd = zip(
-            seg_flows, pk_a.tolist(), pk_b.tolist(), by_a.tolist(), by_b.tolist(), pl_a.tolist(),
-            pl_b.tolist(), last_t.tolist(), fin_a.tolist(), fin_b.tolist(), rst.tolist(), hist, strict=True,
-        )
-        for f, pa, pb, ba, bb, qa, qb, lt_, fa, fb, r, hs in upd:
-            f.pkts[0] += pa
-            f.pkts[1] += pb
-            f.bytes[0] += ba
-            f.bytes[1] += bb
-            f.payload[0] += qa
-            f.payload[1] += qb
-            f.last = lt_
+        for f, hs in zip(seg_flows, hist, strict=True):
             if hs:
                 if not f.history:
                     f.history = hs.decode()
                 else:
                     f.history += "".join(ch for ch in hs.decode() if ch not in f.history)
-            if fa:
-                f.fin_a = True
-            if fb:
-                f.fin_b = True
-            if r:
-                f.rst = True
-            if f.closed_at is None and (f.rst or (f.fin_a and f.fin_b)):
-                f.closed_at = lt_
         return Segments(sel[order], seg_of, a_to_b, seg_flows, np.append(starts, n))
 
     # -- expiry ------------------------------------------------------------------------------
