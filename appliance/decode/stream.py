@@ -179,20 +179,29 @@ class DeepParser:
         b, seq_s, seg, tcp_fwd, tcp_rev, cap, poff = self._ctx
         s = int(seg.seg_of_sorted[pos])
         lo, hi = int(seg.bounds[s]), int(seg.bounds[s + 1])
-        mine = (tcp_fwd if r.fwd else tcp_rev)[lo:hi]
-        cand = np.nonzero(mine)[0] + lo
+        # the rest of a message nearly always follows within a few packets of the flow: look there
+        # first, and scan the whole segment (out-of-order arrivals) only if that was not enough
+        near = min(hi, pos + 9)
+        for a, b_ in ((pos + 1, near), (lo, hi)):
+            if self._feed_range(key, r, pos, a, b_, seq_s, tcp_fwd if r.fwd else tcp_rev, cap, poff, b.data):
+                return
+
+    def _feed_range(self, key: tuple[int, bool], r: _Reasm, pos: int, lo: int, hi: int, seq_s: np.ndarray,
+                    mine_all: np.ndarray, cap: np.ndarray, poff: np.ndarray, d: np.ndarray) -> bool:
+        """Feed this direction's packets in sorted positions [lo, hi) in sequence order; True when done."""
+        cand = np.nonzero(mine_all[lo:hi])[0] + lo
         cand = cand[cand != pos]
         if len(cand) == 0:
-            return
+            return False
         rel = (seq_s[cand].astype(np.int64) - r.start_seq) & 0xFFFFFFFF
         keep = rel < REASM_LIMIT
         cand, rel = cand[keep], rel[keep]
-        d = b.data
         for j in cand[np.argsort(rel, kind="stable")].tolist():
             if r.add(int(seq_s[j]), d[poff[j] : poff[j] + cap[j]].tobytes()):
                 self._try(key, r)
                 if key not in self.pending:
-                    return
+                    return True
+        return False
 
     def sweep(self, now_ns: int, final: bool = False) -> None:
         """Emit rows that waited long enough for their answer (or all of them at end of input)."""

@@ -13,6 +13,7 @@ everything after the hellos is encrypted (TLS 1.3) or irrelevant to fingerprinti
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 
@@ -269,7 +270,32 @@ def client_hello_fields(body: bytes, quic: bool = False, sslv2: bool = False) ->
     sig_algs = [s for s in sig_algs if s not in _GREASE]
     alpn = [a.decode("utf-8", "replace") for a in alpn_raw]
 
-    # JA3 (salesforce/ja3): decimal lists joined by "-", GREASE removed.
+    ja3_string, ja3 = _ja3(legacy_version, tuple(ciphers), tuple(exts), tuple(groups), point_formats)
+    version = max(versions) if versions else legacy_version
+    alpn_first = alpn_raw[0] if alpn_raw else None
+    ja4, ja4_r = _ja4(quic, version, has_sni, tuple(ciphers), tuple(exts), tuple(sig_algs), alpn_first)
+    return {
+        "tls.client.server_name": sni,
+        "tls.client.ja3": ja3,
+        "tls.client.ja3_string": ja3_string,
+        "tls.client.ja4": ja4,
+        "tls.client.ja4_r": ja4_r,
+        "tls.next_protocol": alpn[0] if alpn else None,
+        "tls.client.alpn": alpn,
+        "tls.client.supported_versions": [_HEX4[v] for v in versions],
+        "tls.client.cipher_suites": [_HEX4[c] for c in ciphers],
+        "tls.client.extensions": [_HEX4[e] for e in exts],
+        "tls.client.signature_algorithms": [_HEX4[x] for x in sig_algs],
+    }
+
+
+# One client library sends the same hello shape on every connection, so the fingerprints are
+# memoised on that shape (bounded LRU): hashing was ~40% of a hello's cost. JA3 keys on the wire
+# order of extensions, JA4 on their set, so browsers that shuffle extensions still hit the JA4 cache.
+@functools.lru_cache(maxsize=4096)
+def _ja3(legacy_version: int, ciphers: tuple[int, ...], exts: tuple[int, ...], groups: tuple[int, ...],
+         point_formats: bytes) -> tuple[str, str]:
+    """JA3 (salesforce/ja3): decimal lists joined by "-", GREASE removed; string and MD5."""
     ja3_string = ",".join((
         str(legacy_version),
         "-".join(map(str, ciphers)),
@@ -278,39 +304,31 @@ def client_hello_fields(body: bytes, quic: bool = False, sslv2: bool = False) ->
         "-".join(map(str, point_formats)),
     ))
     # JA3 was defined for TCP; tshark and nDPI compute it for QUIC hellos too, and so do we.
-    ja3 = hashlib.md5(ja3_string.encode("ascii"), usedforsecurity=False).hexdigest()
+    return ja3_string, hashlib.md5(ja3_string.encode("ascii"), usedforsecurity=False).hexdigest()
 
-    # JA4 (FoxIO spec, BSD-3-Clause part): a_b_c.
-    version = max(versions) if versions else legacy_version
-    hex_ciphers = [_HEX4[c] for c in ciphers]
-    hex_exts = [_HEX4[e] for e in exts]
-    hex_sigs = [_HEX4[s] for s in sig_algs]
+
+def _ja4(quic: bool, version: int, has_sni: bool, ciphers: tuple[int, ...], exts: tuple[int, ...],
+         sig_algs: tuple[int, ...], alpn_first: bytes | None) -> tuple[str, str]:
+    return _ja4_cached(quic, version, has_sni, ciphers, tuple(sorted(exts)), len(exts), sig_algs, alpn_first)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ja4_cached(quic: bool, version: int, has_sni: bool, ciphers: tuple[int, ...], sorted_exts: tuple[int, ...],
+                n_exts: int, sig_algs: tuple[int, ...], alpn_first: bytes | None) -> tuple[str, str]:
+    """JA4 (FoxIO spec, BSD-3-Clause part): a_b_c, and the raw form."""
     proto = "q" if quic else "t"
     sni_flag = "d" if has_sni else "i"
-    alpn_chars = _alpn_chars(alpn_raw[0]) if alpn_raw else "00"
+    alpn_chars = _alpn_chars(alpn_first) if alpn_first is not None else "00"
     ja4_a = (f"{proto}{_JA4_VERSION.get(version, '00')}{sni_flag}"
-             f"{min(len(ciphers), 99):02d}{min(len(exts), 99):02d}{alpn_chars}")
-    cipher_str = ",".join(sorted(hex_ciphers))
+             f"{min(len(ciphers), 99):02d}{min(n_exts, 99):02d}{alpn_chars}")
+    cipher_str = ",".join(sorted(_HEX4[c] for c in ciphers))
     # JA4 §c: sorted extensions without SNI and ALPN (their content is already in section a), then
     # the signature algorithms in wire order; no trailing "_" when there are none.
-    ext_str = ",".join(sorted(e for e in hex_exts if e != "0000" and e != "0010"))
-    ext_str_full = ext_str + "_" + ",".join(hex_sigs) if hex_sigs else ext_str
+    ext_str = ",".join(sorted(_HEX4[e] for e in sorted_exts if e != 0x0000 and e != 0x0010))
+    ext_str_full = ext_str + "_" + ",".join(_HEX4[x] for x in sig_algs) if sig_algs else ext_str
     cipher_hash = _sha12(cipher_str) if cipher_str else _EMPTY_HASH
     ext_hash = _sha12(ext_str_full) if ext_str else _EMPTY_HASH
-    ja4 = f"{ja4_a}_{cipher_hash}_{ext_hash}"
-    return {
-        "tls.client.server_name": sni,
-        "tls.client.ja3": ja3,
-        "tls.client.ja3_string": ja3_string,
-        "tls.client.ja4": ja4,
-        "tls.client.ja4_r": f"{ja4_a}_{cipher_str}_{ext_str_full}",
-        "tls.next_protocol": alpn[0] if alpn else None,
-        "tls.client.alpn": alpn,
-        "tls.client.supported_versions": [_HEX4[v] for v in versions],
-        "tls.client.cipher_suites": hex_ciphers,
-        "tls.client.extensions": hex_exts,
-        "tls.client.signature_algorithms": hex_sigs,
-    }
+    return f"{ja4_a}_{cipher_hash}_{ext_hash}", f"{ja4_a}_{cipher_str}_{ext_str_full}"
 
 
 def _u16_vector(body: bytes, start: int, end: int) -> list[int]:
