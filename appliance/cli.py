@@ -75,12 +75,13 @@ def cli(ctx: click.Context, verbose: int, json_logs: bool, show_traceback: bool)
 @click.option("--mapping", type=click.Path(dir_okay=False), help="Field-mapping YAML for request logs in another shape.")
 @click.option("--rules", "rule_paths", multiple=True, type=click.Path(), help="Rule files or folders (default: the shipped pack).")
 @click.option("--no-rules", is_flag=True, help="Decode and enrich only; run no rules.")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False), help="Keep the entity graph here across runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_packets: int | None,
            max_flows: int | None, geoip: tuple[str, ...], catalogs: str | None, requests_paths: tuple[str, ...],
            accounts_paths: tuple[str, ...], mapping: str | None, rule_paths: tuple[str, ...], no_rules: bool,
-           as_json: bool, progress: bool | None) -> None:
+           state_dir: str | None, as_json: bool, progress: bool | None) -> None:
     """Replay pcap/pcapng files (or folders of them) into events, alerts and findings in OUT."""
     from appliance.decode.flows import FlowLimits
     from appliance.enrich.catalog import Catalogs
@@ -109,7 +110,8 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
     geo = GeoIP.open(list(geoip) or cfg["geoip"])
     catalogs_dir = catalogs or cfg["catalogs"] or os.path.join(config.PROJECT_RULES, "data")
     cats = Catalogs.load(catalogs_dir)
-    detect = Detection(out_dir, None if no_rules else list(rule_paths) or cfg["rules"] or [config.PROJECT_RULES], catalogs_dir)
+    detect = Detection(out_dir, None if no_rules else list(rule_paths) or cfg["rules"] or [config.PROJECT_RULES], catalogs_dir,
+                       state_dir, cats)
     pipeline = Pipeline(out_dir, limits, enrichers=[enricher(geo, cats)], event_sinks=[detect.on_events])
     started = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
@@ -151,21 +153,39 @@ def enricher(geo: Any, cats: Any) -> Any:
 
 
 class Detection:
-    """The judgement stages after decoding: rules now (alerts.jsonl); relay and graph findings next."""
+    """The judgement stages after decoding: rules (alerts.jsonl), relay hosts and the entity graph
+    (findings.jsonl). Every enriched event frame passes through `on_events` in time order."""
 
-    def __init__(self, out_dir: str, rule_paths: list[str] | None, catalogs_dir: str) -> None:
+    GRAPH_EVENTS = ("request", "account", "tls", "http", "flow")
+
+    def __init__(self, out_dir: str, rule_paths: list[str] | None, catalogs_dir: str, state_dir: str | None = None,
+                 catalogs: Any = None) -> None:
         from appliance.detect.rules.engine import RuleEngine
+        from appliance.graph.entity_graph import EntityGraph
         from appliance.sinks.jsonl import JsonlWriter
 
+        self.out_dir = out_dir
         self.engine = None
         if rule_paths is not None:
             self.engine = RuleEngine.load(rule_paths, data_dirs=(os.path.join(config.PROJECT_RULES, "lists"), catalogs_dir))
+        disposable = None
+        if catalogs is not None and "disposable_email_domains" in catalogs.names():
+            disposable = frozenset(catalogs["disposable_email_domains"].values())
+        self.graph = EntityGraph.open(state_dir, disposable=disposable)
+        self.state_dir = state_dir
+        self.relays = _relay_detector()
         self.alerts = JsonlWriter(os.path.join(out_dir, "alerts.jsonl"))
         self.by_rule: dict[str, int] = {}
 
     def on_events(self, etype: str, frame: Any) -> None:
-        if self.engine is not None and frame.height:
+        if not frame.height:
+            return
+        if self.engine is not None:
             self._write(self.engine.evaluate(etype, frame))
+        if self.relays is not None:
+            self.relays.add(etype, frame)
+        if etype in self.GRAPH_EVENTS:
+            self.graph.add_events(etype, frame)
 
     def _write(self, alerts: list[dict[str, Any]]) -> None:
         for a in alerts:
@@ -173,11 +193,51 @@ class Detection:
         self.alerts.write_many(alerts)
 
     def finish(self) -> dict[str, Any]:
+        from appliance.sinks.jsonl import JsonlWriter
+
         if self.engine is not None:
             self._write(self.engine.flush())
         self.alerts.close()
-        return {"alerts": self.alerts.count, "alerts_by_rule": dict(sorted(self.by_rule.items())),
-                "rules": {"stats": dict(getattr(self.engine, "stats", {}) or {})} if self.engine else None}
+        relay_findings = self.relays.findings() if self.relays is not None else []
+        self.graph.add_findings(relay_findings)
+        findings = self.graph.reseller_findings(relay_findings)
+        writer = JsonlWriter(os.path.join(self.out_dir, "findings.jsonl"))
+        writer.write_many(findings)
+        writer.close()
+        if self.state_dir:
+            self.graph.save()
+        by_kind: dict[str, int] = {}
+        for f in findings:
+            key = f"{f['kind']}/{f['severity']}"
+            by_kind[key] = by_kind.get(key, 0) + 1
+        return {
+            "alerts": self.alerts.count,
+            "alerts_by_rule": dict(sorted(self.by_rule.items())),
+            "findings": len(findings),
+            "findings_by_kind": dict(sorted(by_kind.items())),
+            "rules": {"stats": dict(getattr(self.engine, "stats", {}) or {})} if self.engine else None,
+            "graph": _jsonable(self.graph.stats),
+            "relay_detector": _jsonable(getattr(self.relays, "stats", None)),
+        }
+
+
+def _relay_detector() -> Any:
+    """The packet-side relay-host detector, when this build has it."""
+    try:
+        from appliance.detect.relay.detector import RelayDetector
+    except ImportError:
+        return None
+    return RelayDetector()
+
+
+def _jsonable(obj: Any) -> Any:
+    import dataclasses
+
+    if obj is None:
+        return None
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    return obj if isinstance(obj, dict) else str(obj)
 
 
 def ingest_metadata(out_dir: str, geo: Any, requests_paths: tuple[str, ...], accounts_paths: tuple[str, ...],
