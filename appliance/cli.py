@@ -305,6 +305,14 @@ def _print_summary(s: dict[str, Any], out_dir: str) -> None:
     console.print(f"summary: {os.path.join(out_dir, 'summary.json')}")
 
 
+@cli.command("schema")
+def schema_command() -> None:
+    """Print the event schema (docs/schema.md is this output)."""
+    from appliance import schema
+
+    click.echo(schema.markdown(), nl=False)
+
+
 @cli.group("config")
 def config_group() -> None:
     """The configuration file."""

@@ -41,7 +41,7 @@ PACKET_COMMON: tuple[Field, ...] = (
     _f("network.transport", pl.Utf8, "tcp, udp, icmp, ipv6-icmp, sctp or the IP protocol number."),
     _f("network.community_id", pl.Utf8, "Community ID v1 flow hash (seed from config, default 0)."),
     _f("network.vlan.id", INT_LIST, "802.1Q/802.1ad tags carried by the flow's first packet, outer first."),
-    _f("flow.id", pl.Utf8, "Our flow identifier (stable within one run), joins events to their flow."),
+    _f("flow.id", pl.Utf8, "Flow identifier: a hash of the Community ID and start time, the same in replay and live; joins events to their flow."),
 )
 
 
@@ -113,7 +113,7 @@ HTTP: tuple[Field, ...] = (
     _f("http.request.auth.key_format", pl.Utf8, "Shape of the credential, e.g. sk-48alnum; never the value."),
     _f("http.request.auth.fingerprint", pl.Utf8, "Keyed HMAC-SHA256 fingerprint of the credential."),
     _f("http.request.header_order", pl.Utf8, "Header names in wire order, lower-cased, comma-joined."),
-    _f("http.request.header_order_hash", pl.Utf8, "Our HTTP client fingerprint: see docs/schema.md."),
+    _f("http.request.header_order_hash", pl.Utf8, "Our HTTP client fingerprint (header order; docs/http-fingerprint.md). Not JA4H."),
     _f("http.request.body.bytes", pl.Int64, "Content-Length of the request, if given."),
     _f("http.response.status_code", pl.Int32, "Status of the matching response, if seen."),
 )
@@ -226,3 +226,26 @@ def conform(frame: pl.DataFrame, event_type: str, enriched: bool = False) -> pl.
         else:
             cols.append(pl.lit(None, dtype=dtype).alias(name))
     return frame.lazy().select(cols).collect() if frame.height else pl.DataFrame(schema=schema)
+
+
+def markdown() -> str:
+    """docs/schema.md, generated from the declarations above (a test keeps the file in sync)."""
+    lines = [
+        "# Event schema",
+        "",
+        "Generated from `appliance/schema.py` by `appliance schema` — edit the declarations, not this file.",
+        "Field names follow the Elastic Common Schema where ECS has one. Enrichment fields are added to",
+        "every event type that carries the address they describe (`signup.` for accounts).",
+        "",
+    ]
+    for etype in EVENT_TYPES:
+        lines += [f"## {etype} (`events/{EVENT_FILES[etype]}.parquet`)", "", "| field | type | meaning |", "|---|---|---|"]
+        for f in fields(etype, enriched=True):
+            lines.append(f"| `{f.name}` | {_type_name(f.dtype)} | {f.doc} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _type_name(dtype: DType) -> str:
+    text = str(dtype)
+    return text.replace("String", "string").replace("Datetime(time_unit='ns', time_zone='UTC')", "timestamp (ns, UTC)")
