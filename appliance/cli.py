@@ -176,6 +176,18 @@ class Detection:
         self.relays = _relay_detector()
         self.alerts = JsonlWriter(os.path.join(out_dir, "alerts.jsonl"))
         self.by_rule: dict[str, int] = {}
+        self._graph_buf: list[tuple[str, Any]] = []
+        self._graph_rows = 0
+
+    # The graph pays a fixed cost per call (edge aggregation, store merge): measured 0.71 s for the
+    # 1M-packet benchmark's events fed per batch vs 0.23 s fed at once, so frames are buffered up to
+    # GRAPH_BUFFER_ROWS (the live daemon also flushes on its timer).
+    GRAPH_BUFFER_ROWS = 200_000
+
+    def flush_graph(self) -> None:
+        for etype, frame in self._graph_buf:
+            self.graph.add_events(etype, frame)
+        self._graph_buf, self._graph_rows = [], 0
 
     def on_events(self, etype: str, frame: Any) -> None:
         if not frame.height:
@@ -185,7 +197,13 @@ class Detection:
         if self.relays is not None:
             self.relays.add(etype, frame)
         if etype in self.GRAPH_EVENTS:
-            self.graph.add_events(etype, frame)
+            if self._graph_buf and self._graph_buf[-1][0] == etype:
+                self._graph_buf[-1] = (etype, pl_concat(self._graph_buf[-1][1], frame))
+            else:
+                self._graph_buf.append((etype, frame))
+            self._graph_rows += frame.height
+            if self._graph_rows >= self.GRAPH_BUFFER_ROWS:
+                self.flush_graph()
 
     def _write(self, alerts: list[dict[str, Any]]) -> None:
         for a in alerts:
@@ -198,6 +216,7 @@ class Detection:
         if self.engine is not None:
             self._write(self.engine.flush())
         self.alerts.close()
+        self.flush_graph()
         relay_findings = self.relays.findings() if self.relays is not None else []
         self.graph.add_findings(relay_findings)
         findings = self.graph.reseller_findings(relay_findings)
@@ -219,6 +238,12 @@ class Detection:
             "graph": _jsonable(self.graph.stats),
             "relay_detector": _jsonable(getattr(self.relays, "stats", None)),
         }
+
+
+def pl_concat(a: Any, b: Any) -> Any:
+    import polars as pl
+
+    return pl.concat([a, b], how="vertical_relaxed")
 
 
 def _relay_detector() -> Any:
