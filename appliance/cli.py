@@ -68,6 +68,8 @@ def cli(ctx: click.Context, verbose: int, json_logs: bool, show_traceback: bool)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
 @click.option("--batch-packets", type=int, help="Packets per batch (default from config: 65536).")
 @click.option("--max-flows", type=int, help="Most live flows kept before eviction.")
+@click.option("--workers", default="auto", show_default=True,
+              help="Decoding processes (flows are sharded by a symmetric hash); auto = 2 for inputs >= 64 MB.")
 @click.option("--geoip", multiple=True, type=click.Path(dir_okay=False), help="MaxMind-format .mmdb (repeatable) or a prefix CSV.")
 @click.option("--catalogs", type=click.Path(file_okay=False), help="Data catalogs folder (default: rules/data).")
 @click.option("--requests", "requests_paths", multiple=True, type=click.Path(), help="API gateway request logs (files or folders; repeatable).")
@@ -79,13 +81,14 @@ def cli(ctx: click.Context, verbose: int, json_logs: bool, show_traceback: bool)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_packets: int | None,
-           max_flows: int | None, geoip: tuple[str, ...], catalogs: str | None, requests_paths: tuple[str, ...],
+           max_flows: int | None, workers: str, geoip: tuple[str, ...], catalogs: str | None, requests_paths: tuple[str, ...],
            accounts_paths: tuple[str, ...], mapping: str | None, rule_paths: tuple[str, ...], no_rules: bool,
            state_dir: str | None, as_json: bool, progress: bool | None) -> None:
     """Replay pcap/pcapng files (or folders of them) into events, alerts and findings in OUT."""
     from appliance.decode.flows import FlowLimits
     from appliance.enrich.catalog import Catalogs
     from appliance.enrich.geoip import GeoIP
+    from appliance.parallel import auto_workers
     from appliance.pipeline import Pipeline
     from appliance.sinks.summary import write_summary
     from appliance.sources.pcap import CaptureReader, expand_paths
@@ -112,22 +115,28 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
     cats = Catalogs.load(catalogs_dir)
     detect = Detection(out_dir, None if no_rules else list(rule_paths) or cfg["rules"] or [config.PROJECT_RULES], catalogs_dir,
                        state_dir, cats)
-    pipeline = Pipeline(out_dir, limits, enrichers=[enricher(geo, cats)], event_sinks=[detect.on_events])
     started = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
-    paths_out = _run_with_progress(pipeline, reader, show)
+    n_workers = auto_workers(files) if workers == "auto" else _positive_int(workers, "--workers")
+    if n_workers > 1:
+        decode_summary, paths_out = _run_sharded(files, out_dir, limits, batch_packets or cfg["batch_packets"], n_workers,
+                                                 enricher(geo, cats), detect, reader, show)
+    else:
+        pipeline = Pipeline(out_dir, limits, enrichers=[enricher(geo, cats)], event_sinks=[detect.on_events])
+        paths_out = _run_with_progress(pipeline, reader, show)
+        decode_summary = pipeline.summary()
     metadata = ingest_metadata(out_dir, geo, requests_paths, accounts_paths, mapping, detect.on_events)
     detection = detect.finish()
     elapsed = time.perf_counter() - started
     summary: dict[str, Any] = {
         "files": [{"path": f, "format": reader.stats.formats.get(f)} for f in files],
         "input_errors": reader.stats.errors,
-        **pipeline.summary(),
+        **decode_summary,
         "metadata": metadata,
         **detection,
         "geoip": geo.kinds,
         "elapsed_s": round(elapsed, 3),
-        "packets_per_s": round(pipeline.counters.packets / elapsed) if elapsed > 0 else None,
+        "packets_per_s": round(decode_summary["packets"] / elapsed) if elapsed > 0 else None,
         "outputs": paths_out,
     }
     write_summary(out_dir, summary)
@@ -139,6 +148,41 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
         click.echo(f"appliance: error: {err}", err=True)
     if reader.stats.errors:
         sys.exit(ExitStatus.PARTIAL_INPUT)
+
+
+def _positive_int(text: str, name: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name} takes a whole number or 'auto', not {text!r}") from None
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1")
+    return value
+
+
+def _run_sharded(files: list[str], out_dir: str, limits: Any, batch: int, n: int, enrich: Any, detect: Any,
+                 reader: Any, show: bool) -> tuple[dict[str, Any], dict[str, str]]:
+    """Decode on n cores, then enrich and judge the merged events in time order (appliance/parallel.py)."""
+    from appliance.parallel import analyse, decode_sharded
+
+    t0 = time.perf_counter()
+    if show:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+        with Progress(TextColumn(f"replay ({n} workers)"), BarColumn(), TransferSpeedColumn(), TimeElapsedColumn(),
+                      transient=True) as bar:
+            task = bar.add_task("replay", total=reader.total_bytes or None)
+            frames, summary, errors, formats = decode_sharded(
+                files, out_dir, limits, batch, n, lambda done: bar.update(task, completed=done))
+    else:
+        frames, summary, errors, formats = decode_sharded(files, out_dir, limits, batch, n)
+    reader.stats.errors.extend(errors)
+    reader.stats.formats.update(formats)
+    t1 = time.perf_counter()
+    paths = analyse(frames, out_dir, enrich, [detect.on_events])
+    summary["timings_s"]["analyse"] = round(time.perf_counter() - t1, 4)
+    summary["timings_s"]["decode_wall"] = round(t1 - t0, 4)
+    return summary, paths
 
 
 def enricher(geo: Any, cats: Any) -> Any:
@@ -356,7 +400,8 @@ def _add_optional_commands() -> None:
     """Command groups owned by other modules: rules, graph, simulate."""
     import importlib
 
-    for module, attr in (("appliance.cli_rules", "rules"), ("appliance.cli_graph", "graph"), ("appliance.simulate.cli", "simulate")):
+    for module, attr in (("appliance.cli_rules", "rules"), ("appliance.cli_graph", "graph"), ("appliance.simulate.cli", "simulate"),
+                         ("appliance.cli_run", "run")):
         try:
             mod = importlib.import_module(module)
         except ImportError as exc:

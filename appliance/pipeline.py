@@ -52,6 +52,7 @@ class Pipeline:
         flow_limits: FlowLimits | None = None,
         enrichers: list[Enricher] | None = None,
         event_sinks: list[Callable[[str, pl.DataFrame], None]] | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.out_dir = out_dir
         self.flows = FlowTable(flow_limits)
@@ -63,12 +64,21 @@ class Pipeline:
         enriched = bool(self.enrichers)
         self.writers = {t: EventWriter(out_dir, t, enriched) for t in PACKET_EVENTS}
         self.enriched = enriched
+        self.shard = shard  # (index, count): this pipeline decodes only the flows hashed to `index`
 
     # -- stages ------------------------------------------------------------------------------
     def process_batch(self, batch: PacketBatch) -> None:
         c = self.counters
         n = len(batch)
         if n == 0:
+            return
+        first_shard = self.shard[0] == 0
+        if not first_shard:  # packet-level counts belong to shard 0 only, so shards add up
+            t0 = time.perf_counter()
+            h = decode_headers(batch)
+            self._keep_shard(h)
+            c.time("decode.headers", time.perf_counter() - t0)
+            self._flows_and_deep(batch, h)
             return
         c.packets += n
         c.bytes += batch.captured_bytes
@@ -84,9 +94,26 @@ class Pipeline:
         c.non_ip += int(((h.reason == 0) & (h.ipver == 0)).sum())
         c.fragments += int(h.fragment.sum())
         c.snaplen_cut += int(h.snap_cut.sum())
-        t1 = time.perf_counter()
-        c.time("decode.headers", t1 - t0)
+        if self.shard[1] > 1:
+            self._keep_shard(h)
+        c.time("decode.headers", time.perf_counter() - t0)
+        self._flows_and_deep(batch, h)
 
+    def _keep_shard(self, h: Any) -> None:
+        """Leave only this shard's flows flowable: a symmetric hash of the endpoints, so both
+        directions of a flow land in the same shard (see appliance/parallel.py)."""
+        idx, count = self.shard
+        k1, k2, k3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9)
+        with np.errstate(over="ignore"):
+            x = (h.src_hi + h.dst_hi) * k1 + (h.src_lo + h.dst_lo) * k2
+            x += (h.sport.astype(np.uint64) + h.dport.astype(np.uint64)) * k3 + h.proto.astype(np.uint64)
+            x ^= x >> np.uint64(29)
+            x *= k1
+        h.ipver[(x >> np.uint64(32)) % np.uint64(count) != np.uint64(idx)] = 0
+
+    def _flows_and_deep(self, batch: PacketBatch, h: Any) -> None:
+        c = self.counters
+        t1 = time.perf_counter()
         seg = self.flows.update(h, batch.ts)
         c.decoded += len(seg.order)
         t2 = time.perf_counter()
