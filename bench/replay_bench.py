@@ -56,7 +56,8 @@ def commands(path: str, outdir: str) -> dict[str, list[str]]:
     if not os.path.exists(appliance):
         appliance = shutil.which("appliance") or appliance
     return {
-        "appliance": [appliance, "replay", path, "--out", outdir, "--no-progress"],
+        "appliance": [appliance, "replay", path, "--out", outdir, "--no-progress"],  # --workers auto (2 here)
+        "appliance-1proc": [appliance, "replay", path, "--out", outdir, "--no-progress", "--workers", "1"],
         "tshark": tshark_command(path),
         "ndpiReader": ["ndpiReader", "-q", "-i", path],
     }
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--file", default=DEFAULT_FILE, help="capture to replay (made if it is the default and missing)")
     ap.add_argument("--packets", type=int, default=1_000_000, help="size of the generated capture")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--tools", default="appliance,tshark,ndpiReader")
+    ap.add_argument("--tools", default="appliance,appliance-1proc,tshark,ndpiReader")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
