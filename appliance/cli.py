@@ -30,6 +30,7 @@ class ExitStatus(IntEnum):
 
 
 log = logging.getLogger("appliance")
+progress_log = logging.getLogger("appliance.progress")
 
 
 def _setup_logging(verbose: int, json_logs: bool) -> None:
@@ -42,6 +43,7 @@ def _setup_logging(verbose: int, json_logs: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    progress_log.setLevel(min(level, logging.INFO))  # progress lines show by default off a terminal
 
 
 class _JsonFormatter(logging.Formatter):
@@ -336,9 +338,22 @@ def ingest_metadata(out_dir: str, geo: Any, requests_paths: tuple[str, ...], acc
     return counts
 
 
+PROGRESS_LOG_EVERY_S = 5.0
+
+
 def _run_with_progress(pipeline: Any, reader: Any, show: bool) -> dict[str, str]:
-    if not show:
-        return pipeline.run_packets(reader.batches())
+    if not show:  # not a terminal: a plain progress line every few seconds instead of a bar
+        t0 = last = time.perf_counter()
+
+        def log_tick(batch: Any) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            if now - last >= PROGRESS_LOG_EVERY_S:
+                last = now
+                n = pipeline.counters.packets
+                progress_log.info("replay: %d packets, %.0f pkt/s", n, n / (now - t0))
+
+        return pipeline.run_packets(reader.batches(), log_tick)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
     columns = (TextColumn("replay"), BarColumn(), TransferSpeedColumn(), TextColumn("{task.fields[pps]} pkt/s"), TimeElapsedColumn())
