@@ -80,12 +80,13 @@ def cli(ctx: click.Context, verbose: int, json_logs: bool, show_traceback: bool)
 @click.option("--rules", "rule_paths", multiple=True, type=click.Path(), help="Rule files or folders (default: the shipped pack).")
 @click.option("--no-rules", is_flag=True, help="Decode and enrich only; run no rules.")
 @click.option("--state", "state_dir", type=click.Path(file_okay=False), help="Keep the entity graph here across runs.")
+@click.option("--report/--no-report", "with_report", default=None, help="Write report.html (default: config 'report', on).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_packets: int | None,
            max_flows: int | None, workers: str, geoip: tuple[str, ...], catalogs: str | None, requests_paths: tuple[str, ...],
            accounts_paths: tuple[str, ...], mapping: str | None, rule_paths: tuple[str, ...], no_rules: bool,
-           state_dir: str | None, as_json: bool, progress: bool | None) -> None:
+           state_dir: str | None, with_report: bool | None, as_json: bool, progress: bool | None) -> None:
     """Replay pcap/pcapng files (or folders of them) into events, alerts and findings in OUT."""
     from appliance.decode.flows import FlowLimits
     from appliance.enrich.catalog import Catalogs
@@ -142,10 +143,18 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
         "outputs": paths_out,
     }
     write_summary(out_dir, summary)
+    if (cfg["report"] if with_report is None else with_report):
+        from appliance.sinks.report import write_report
+
+        write_report(out_dir)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:
-        _print_summary(summary, out_dir)
+        from rich.console import Console
+
+        from appliance.cli_report import print_replay_summary
+
+        print_replay_summary(summary, out_dir, Console())
     for err in reader.stats.errors:
         click.echo(f"appliance: error: {err}", err=True)
     if reader.stats.errors:
@@ -366,22 +375,6 @@ def _run_with_progress(pipeline: Any, reader: Any, show: bool) -> dict[str, str]
             bar.update(task, advance=batch.captured_bytes + 16 * len(batch), pps=f"{pipeline.counters.packets / dt:,.0f}")
 
         return pipeline.run_packets(reader.batches(), tick)
-
-
-def _print_summary(s: dict[str, Any], out_dir: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(stderr=False)
-    t = Table(title=f"replay → {out_dir}", show_header=False)
-    t.add_row("files", str(len(s["files"])))
-    t.add_row("packets", f"{s['packets']:,} ({s['bytes']:,} bytes) in {s['elapsed_s']} s, {s['packets_per_s'] or 0:,} pkt/s")
-    t.add_row("time span", f"{s['first_packet']} → {s['last_packet']}")
-    t.add_row("malformed", ", ".join(f"{k} {v}" for k, v in s["malformed"].items()) or "none")
-    t.add_row("flows", f"{s['flows']:,} (evicted {s['evicted']['flows']})")
-    t.add_row("events", ", ".join(f"{k} {v:,}" for k, v in s["events"].items()) or "none")
-    console.print(t)
-    console.print(f"summary: {os.path.join(out_dir, 'summary.json')}")
 
 
 @cli.command("schema")
