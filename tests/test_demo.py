@@ -67,3 +67,20 @@ def test_no_look_alike_account_is_flagged() -> None:
     decoys |= set(truth()["accounts"]["ordinary"])
     flagged = {e["value"] for f in findings("reseller_cluster") for e in f["entities"] if e["type"] == "account"}
     assert flagged & decoys == set()
+
+
+def test_every_labelled_relay_is_found_and_no_decoy_is() -> None:
+    relays = {r["ip"] for c in truth()["captures"].values() for r in c["relays"]}
+    decoys = {d["ip"] for c in truth()["captures"].values() for d in c["decoys"]}
+    found = {f["subject"]["value"]: f for f in findings("relay_host")}
+    assert relays and relays <= set(found)
+    assert all(found[ip]["score"] >= 0.5 and found[ip]["evidence"] for ip in relays)
+    assert decoys.isdisjoint(found)
+
+
+def test_the_report_and_summary_describe_the_findings() -> None:
+    out, s = demo_run()
+    html = (out / "report.html").read_text()
+    assert s["findings"] == len((out / "findings.jsonl").read_text().splitlines()) >= 3
+    for f in findings("relay_host"):
+        assert f["subject"]["value"] in html
