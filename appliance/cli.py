@@ -128,9 +128,13 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
         pipeline = Pipeline(out_dir, limits, enrichers=[enricher(geo, cats)], event_sinks=[detect.on_events])
         paths_out = _run_with_progress(pipeline, reader, show)
         decode_summary = pipeline.summary()
+    t_meta = time.perf_counter()
     metadata = ingest_metadata(out_dir, geo, requests_paths, accounts_paths, mapping, detect.on_events)
+    t_finish = time.perf_counter()
     detection = detect.finish()
     elapsed = time.perf_counter() - started
+    decode_summary["timings_s"]["metadata"] = round(t_finish - t_meta, 4)
+    decode_summary["timings_s"]["findings"] = round(time.perf_counter() - t_finish, 4)
     summary: dict[str, Any] = {
         "files": [{"path": f, "format": reader.stats.formats.get(f)} for f in files],
         "input_errors": reader.stats.errors,
