@@ -43,6 +43,35 @@ SETTINGS: tuple[Setting, ...] = (
             "regions, disposable email domains). Default: the rules/data folder shipped with the project."),
     Setting("rules", list, [], "Rule files or folders (default: the rule pack shipped in rules/)."),
     Setting("report", bool, True, "Write report.html after a replay."),
+    # -- live capture (`appliance run`, appliance/sources/live.py) --------------------------------
+    Setting("capture.interfaces", list, [], "Interfaces `appliance run` captures on when no --interface is given."),
+    Setting("capture.bpf", str, None, "BPF filter expression (tcpdump syntax) applied in the kernel; --bpf "
+            "overrides it. Note: the kernel strips 802.1Q tags before the filter, so 'vlan' terms do not match."),
+    Setting("capture.promiscuous", bool, False, "Put the interfaces in promiscuous mode (needs CAP_NET_ADMIN). "
+            "Usually wanted on a SPAN/mirror port."),
+    Setting("capture.ring_mb", int, 64, "Size of the kernel ring per interface in MiB. It absorbs bursts while "
+            "the pipeline works on a batch: at 200k packets/s of 300 bytes, 64 MiB is about one second."),
+    Setting("capture.block_kb", int, 256, "Ring block size in KiB (a power-of-two number of pages). The kernel "
+            "hands over a whole block at a time; at low rates a block holds what arrived in one timeout, so the "
+            "ring also needs enough blocks (ring_mb / block_kb) to cover a pipeline pause."),
+    Setting("capture.block_timeout_ms", int, 20, "A partly filled block is handed over after this long, which "
+            "bounds the latency at low packet rates."),
+    Setting("run.batch_max_packets", int, 32768, "Micro-batch size bound: packets collected before they go "
+            "through the pipeline together."),
+    Setting("run.batch_max_ms", int, 250, "Micro-batch time bound: a batch is processed at most this long after "
+            "its first packet arrived, however few packets it holds."),
+    Setting("run.user", str, None, "Unprivileged user to switch to after the packet sockets and the metrics port "
+            "are open, when started as root. Without it, running as root needs --allow-root."),
+    Setting("run.metrics", str, "127.0.0.1:9108", "host:port for Prometheus /metrics and /healthz. Keep it "
+            "local or on a management network; empty disables the endpoint."),
+    Setting("run.health_stall_s", float, 30.0, "/healthz answers 503 when the capture loop has not completed a "
+            "cycle for this long."),
+    Setting("run.follow_interval_s", float, 1.0, "How often --requests-follow/--accounts-follow files are "
+            "checked for new lines and rotation."),
+    Setting("output.rotate_s", float, 3600.0, "Close the current output interval (alerts, findings and events "
+            "files) after this many seconds. 0 turns time-based rotation off."),
+    Setting("output.rotate_mb", int, 256, "Close the current output interval when its buffered events reach "
+            "this many MiB in memory. This bounds the daemon's event memory. 0 turns it off."),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 
