@@ -89,10 +89,12 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
            state_dir: str | None, with_report: bool | None, as_json: bool, progress: bool | None) -> None:
     """Replay pcap/pcapng files (or folders of them) into events, alerts and findings in OUT."""
     from appliance.decode.flows import FlowLimits
+    from appliance.detect.stage import Detection
     from appliance.enrich.catalog import Catalogs
     from appliance.enrich.geoip import GeoIP
     from appliance.parallel import auto_workers
     from appliance.pipeline import Pipeline
+    from appliance.sinks.jsonl import JsonlWriter
     from appliance.sinks.summary import write_summary
     from appliance.sources.pcap import CaptureReader, expand_paths
 
@@ -116,8 +118,9 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
     geo = GeoIP.open(list(geoip) or cfg["geoip"])
     catalogs_dir = catalogs or cfg["catalogs"] or os.path.join(config.PROJECT_RULES, "data")
     cats = Catalogs.load(catalogs_dir)
-    detect = Detection(out_dir, None if no_rules else list(rule_paths) or cfg["rules"] or [config.PROJECT_RULES], catalogs_dir,
-                       state_dir, cats)
+    alerts_out = JsonlWriter(os.path.join(out_dir, "alerts.jsonl"))
+    detect = Detection(alerts_out.write_many, None if no_rules else list(rule_paths) or cfg["rules"] or [config.PROJECT_RULES],
+                       catalogs_dir, state_dir, cats)
     started = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
     n_workers = auto_workers(files) if workers == "auto" else _positive_int(workers, "--workers")
@@ -131,7 +134,12 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
     t_meta = time.perf_counter()
     metadata = ingest_metadata(out_dir, geo, requests_paths, accounts_paths, mapping, detect.on_events)
     t_finish = time.perf_counter()
-    detection = detect.finish()
+    findings = detect.finish()
+    alerts_out.close()
+    findings_out = JsonlWriter(os.path.join(out_dir, "findings.jsonl"))
+    findings_out.write_many(findings)
+    findings_out.close()
+    detection = detect.stats(findings)
     elapsed = time.perf_counter() - started
     decode_summary["timings_s"]["metadata"] = round(t_finish - t_meta, 4)
     decode_summary["timings_s"]["findings"] = round(time.perf_counter() - t_finish, 4)
@@ -209,114 +217,6 @@ def enricher(geo: Any, cats: Any) -> Any:
         return cats.service(geo.enrich(frame), etype)
 
     return enrich
-
-
-class Detection:
-    """The judgement stages after decoding: rules (alerts.jsonl), relay hosts and the entity graph
-    (findings.jsonl). Every enriched event frame passes through `on_events` in time order."""
-
-    GRAPH_EVENTS = ("request", "account", "tls", "http", "flow")
-
-    def __init__(self, out_dir: str, rule_paths: list[str] | None, catalogs_dir: str, state_dir: str | None = None,
-                 catalogs: Any = None) -> None:
-        from appliance.detect.rules.engine import RuleEngine
-        from appliance.graph.entity_graph import EntityGraph
-        from appliance.sinks.jsonl import JsonlWriter
-
-        self.out_dir = out_dir
-        self.engine = None
-        if rule_paths is not None:
-            self.engine = RuleEngine.load(rule_paths, data_dirs=(os.path.join(config.PROJECT_RULES, "lists"), catalogs_dir))
-        disposable = None
-        if catalogs is not None and "disposable_email_domains" in catalogs.names():
-            disposable = frozenset(catalogs["disposable_email_domains"].values())
-        self.graph = EntityGraph.open(state_dir, disposable=disposable)
-        self.state_dir = state_dir
-        self.relays = _relay_detector()
-        self.alerts = JsonlWriter(os.path.join(out_dir, "alerts.jsonl"))
-        self.by_rule: dict[str, int] = {}
-        self._graph_buf: dict[str, list[Any]] = {}
-        self._graph_rows = 0
-
-    # The graph pays a fixed cost per call (edge aggregation, store merge): measured 0.71 s for the
-    # 1M-packet benchmark's events fed per batch vs 0.23 s fed at once, so frames are buffered up to
-    # GRAPH_BUFFER_ROWS (the live daemon also flushes on its timer).
-    GRAPH_BUFFER_ROWS = 200_000
-
-    def flush_graph(self) -> None:
-        import polars as pl
-
-        for etype in self.GRAPH_EVENTS:  # a fixed order keeps the graph's edge order deterministic
-            frames = self._graph_buf.get(etype)
-            if frames:
-                self.graph.add_events(etype, pl.concat(frames, how="vertical_relaxed"))
-        self._graph_buf, self._graph_rows = {}, 0
-
-    def on_events(self, etype: str, frame: Any) -> None:
-        if not frame.height:
-            return
-        if self.engine is not None:
-            self._write(self.engine.evaluate(etype, frame))
-        if self.relays is not None:
-            self.relays.add(etype, frame)
-        if etype in self.GRAPH_EVENTS:
-            self._graph_buf.setdefault(etype, []).append(frame)
-            self._graph_rows += frame.height
-            if self._graph_rows >= self.GRAPH_BUFFER_ROWS:
-                self.flush_graph()
-
-    def _write(self, alerts: list[dict[str, Any]]) -> None:
-        for a in alerts:
-            self.by_rule[a["rule.name"]] = self.by_rule.get(a["rule.name"], 0) + 1
-        self.alerts.write_many(alerts)
-
-    def finish(self) -> dict[str, Any]:
-        from appliance.sinks.jsonl import JsonlWriter
-
-        if self.engine is not None:
-            self._write(self.engine.flush())
-        self.alerts.close()
-        self.flush_graph()
-        relay_findings = self.relays.findings() if self.relays is not None else []
-        self.graph.add_findings(relay_findings)
-        findings = self.graph.reseller_findings(relay_findings)
-        writer = JsonlWriter(os.path.join(self.out_dir, "findings.jsonl"))
-        writer.write_many(findings)
-        writer.close()
-        if self.state_dir:
-            self.graph.save()
-        by_kind: dict[str, int] = {}
-        for f in findings:
-            key = f"{f['kind']}/{f['severity']}"
-            by_kind[key] = by_kind.get(key, 0) + 1
-        return {
-            "alerts": self.alerts.count,
-            "alerts_by_rule": dict(sorted(self.by_rule.items())),
-            "findings": len(findings),
-            "findings_by_kind": dict(sorted(by_kind.items())),
-            "rules": {"stats": dict(getattr(self.engine, "stats", {}) or {})} if self.engine else None,
-            "graph": _jsonable(self.graph.stats),
-            "relay_detector": _jsonable(getattr(self.relays, "stats", None)),
-        }
-
-
-def _relay_detector() -> Any:
-    """The packet-side relay-host detector, when this build has it."""
-    try:
-        from appliance.detect.relay.detector import RelayDetector
-    except ImportError:
-        return None
-    return RelayDetector()
-
-
-def _jsonable(obj: Any) -> Any:
-    import dataclasses
-
-    if obj is None:
-        return None
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    return obj if isinstance(obj, dict) else str(obj)
 
 
 def ingest_metadata(out_dir: str, geo: Any, requests_paths: tuple[str, ...], accounts_paths: tuple[str, ...],

@@ -32,11 +32,14 @@ from appliance import config
 @click.option("--accounts-follow", multiple=True, type=click.Path(dir_okay=False),
               help="Follow a growing account/payment export (repeatable).")
 @click.option("--mapping", type=click.Path(dir_okay=False), help="Field-mapping YAML for followed request logs.")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False),
+              help="Keep the entity graph here across restarts (must be writable by run.user).")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True,
               help="Log lines on stderr: one JSON object each (journald, log shippers) or text.")
 def run(interfaces: tuple[str, ...], bpf: str | None, config_path: str | None, out_dir: str, promiscuous: bool | None,
         allow_root: bool, metrics: str | None, rule_paths: tuple[str, ...], no_rules: bool, geoip: tuple[str, ...],
-        requests_follow: tuple[str, ...], accounts_follow: tuple[str, ...], mapping: str | None, log_format: str) -> None:
+        requests_follow: tuple[str, ...], accounts_follow: tuple[str, ...], mapping: str | None, state_dir: str | None,
+        log_format: str) -> None:
     """Capture live on edge interfaces (AF_PACKET ring) into rotating events, alerts and findings in OUT.
 
     SIGHUP reloads the config and rules (a broken rule keeps the running set); SIGTERM or SIGINT
@@ -57,7 +60,7 @@ def run(interfaces: tuple[str, ...], bpf: str | None, config_path: str | None, o
     opts = RunOptions(interfaces=list(interfaces), out_dir=out_dir, config_path=config_path, bpf=bpf,
                       promiscuous=promiscuous, allow_root=allow_root, metrics=metrics, rules=list(rule_paths),
                       no_rules=no_rules, geoip=list(geoip), requests_follow=list(requests_follow),
-                      accounts_follow=list(accounts_follow), mapping=mapping)
+                      accounts_follow=list(accounts_follow), mapping=mapping, state_dir=state_dir)
     daemon = Daemon(cfg, opts)
     daemon.start()
     code = daemon.run()

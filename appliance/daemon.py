@@ -38,8 +38,10 @@ from typing import Any
 import polars as pl
 
 from appliance import config, schema, secrets
+from appliance.detect.stage import Detection
 from appliance.errors import ApplianceError, ConfigError
 from appliance.sinks.metrics import Metrics, MetricsServer, Sample
+from appliance.sinks.segments import Output
 from appliance.sources.batch import PacketBatch
 from appliance.sources.live import LiveCapture, RingConfig
 
@@ -71,6 +73,7 @@ class RunOptions:
     requests_follow: list[str] = field(default_factory=list)
     accounts_follow: list[str] = field(default_factory=list)
     mapping: str | None = None
+    state_dir: str | None = None  # the entity graph persists here across restarts (writable by run.user)
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -125,7 +128,6 @@ class Daemon:
         # Code and read-only data are loaded while still privileged: the installed Python may not be
         # readable by run.user (e.g. under /root), and nothing is imported lazily after the switch.
         self._build_pipeline()
-        self.engine = self._load_rules(cfg)
         secrets.fingerprint("", "startup")  # reads APPLIANCE_SECRET_FILE now: it may be root-only
         for name in _PRELOAD:
             try:
@@ -135,7 +137,7 @@ class Daemon:
         dropped_to = drop_privileges(user if os.geteuid() == 0 else None, opts.out_dir)
         # Everything written from here on is created by the unprivileged user.
         self.output = Output(opts.out_dir)
-        self.pipeline.writers = {t: self.output.event_writer(t) for t in self.pipeline.writers}  # type: ignore[misc]
+        self.pipeline.set_writers(self.output.event_writer)
         self.followers = self._followers()
         self._install_signals()
         if self.server:
@@ -157,6 +159,8 @@ class Daemon:
         self.geo = GeoIP.open(list(self.opts.geoip) or cfg["geoip"])
         self.catalogs_dir = cfg["catalogs"] or os.path.join(config.PROJECT_RULES, "data")
         cats = Catalogs.load(self.catalogs_dir)
+        self.detection = Detection(self._alerts, self._rule_paths(cfg), self.catalogs_dir, self.opts.state_dir, cats)
+        self._reported: dict[str, tuple[float, int]] = {}  # finding id → (score, evidence count) last written
 
         def enrich(etype: str, frame: pl.DataFrame) -> pl.DataFrame:
             if etype == "dns":
@@ -171,16 +175,14 @@ class Daemon:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _load_rules(self, cfg: config.Config) -> Any:
+    def _rule_paths(self, cfg: config.Config) -> list[str] | None:
         if self.opts.no_rules:
             return None
-        try:
-            from appliance.detect.rules.engine import RuleEngine
-        except ImportError:
-            log.warning("rules engine not available: running without rules")
-            return None
-        paths = list(self.opts.rules) or cfg["rules"] or [config.PROJECT_RULES]
-        return RuleEngine.load(paths, data_dirs=(os.path.join(config.PROJECT_RULES, "lists"), self.catalogs_dir))
+        return list(self.opts.rules) or cfg["rules"] or [config.PROJECT_RULES]
+
+    @property
+    def engine(self) -> Any:
+        return self.detection.engine
 
     def _rule_count(self) -> int:
         return len(self.engine.ruleset.rules) if self.engine is not None else 0
@@ -276,16 +278,13 @@ class Daemon:
         if p.counters.last_ts is None or now_ns <= p.counters.last_ts:
             return
         try:
-            p.flows.expire(now_ns)
-            p.deep.sweep(now_ns)
-            p._emit_events()
+            p.advance(now_ns)
         except Exception as exc:
             log.error("idle flow expiry failed", exc_info=exc)
         self.output.commit(self._follow_positions())
 
     def _on_events(self, etype: str, frame: pl.DataFrame) -> None:
-        if self.engine is not None and frame.height:
-            self._alerts(self.engine.evaluate(etype, frame))
+        self.detection.on_events(etype, frame)
 
     def _alerts(self, alerts: list[dict[str, Any]]) -> None:
         for a in alerts:
@@ -293,8 +292,15 @@ class Daemon:
         self.output.add("alerts", alerts)
 
     def on_findings(self, findings: list[dict[str, Any]]) -> None:
-        """Hook for the graph stage's findings (relay hosts, reseller clusters)."""
-        self.output.add("findings", findings)
+        """Write the findings that are new, or whose score or evidence changed since last written:
+        a finding grows as a relay keeps relaying, and findings.jsonl is its history."""
+        changed = []
+        for f in findings:
+            key = (float(f["score"]), len(f["evidence"]))
+            if self._reported.get(f["id"]) != key:
+                self._reported[f["id"]] = key
+                changed.append(f)
+        self.output.add("findings", changed)
 
     def _poll_followers(self) -> None:
         for f in self.followers:
@@ -331,6 +337,10 @@ class Daemon:
             self._rotate()
 
     def _rotate(self, final: bool = False) -> None:
+        try:
+            self.on_findings(self.detection.finish() if final else self.detection.findings())
+        except Exception as exc:  # findings must not stop the capture (STYLE.md §9)
+            log.error("findings failed", exc_info=exc)
         paths = self.output.rotate(self._follow_positions(), final)
         self.output.write_summary(self.summary())
         log.info("output interval closed", extra=_f(interval=self.output.seq - 1, files=paths))
@@ -341,7 +351,8 @@ class Daemon:
         log.info("reload requested", extra=_f(config=self.opts.config_path))
         try:
             cfg = config.load(self.opts.config_path)
-            engine = self._load_rules(cfg)
+            paths = self._rule_paths(cfg)
+            engine = self.detection.load_rules(paths) if paths is not None else None
         except ApplianceError as exc:
             self.reloads["failed"] += 1
             log.error("reload failed: keeping the running config and rules", extra=_f(error=str(exc)))
@@ -349,9 +360,8 @@ class Daemon:
         needs_restart = [k for k in RESTART_ONLY if cfg.values.get(k) != self.cfg.values.get(k)]
         for k in needs_restart:  # keep what is running; say what waits for a restart
             cfg.values[k] = self.cfg.values[k]
-        if self.engine is not None:
-            self._alerts(self.engine.flush())  # windows still open are judged by the old rules
-        self.engine, self.cfg = engine, cfg
+        self.detection.replace_engine(engine)  # windows still open are judged by the old rules
+        self.cfg = cfg
         self.reloads["ok"] += 1
         self.output.commit(self._follow_positions())
         log.info("reloaded", extra=_f(rules=self._rule_count(), needs_restart=needs_restart))
@@ -371,10 +381,8 @@ class Daemon:
             self.pipeline.finish()
         except Exception as exc:
             log.error("final flush of the pipeline failed", exc_info=exc)
-        if self.engine is not None:
-            self._alerts(self.engine.flush())
         self.capture.kernel_stats()
-        self._rotate(final=True)
+        self._rotate(final=True)  # closes every correlation window and writes the final findings
         self.metrics.update(self._samples())
         for f in self.followers:
             f.close()
@@ -470,171 +478,3 @@ def drop_privileges(user: str | None, out_dir: str) -> str:
     if libc.capset(header, data) != 0:
         log.warning("could not drop capabilities", extra=_f(errno=ctypes.get_errno()))
     return pwd.getpwuid(os.getuid()).pw_name
-
-
-# -- outputs per interval, and the restart state -------------------------------------------------
-JSONL_KINDS = ("alerts", "findings", "rejects")
-
-
-class _EventSink:
-    """Stands in for the pipeline's EventWriter: frames go to the open interval."""
-
-    def __init__(self, output: Output, etype: str) -> None:
-        self.output, self.etype = output, etype
-
-    def write(self, frame: pl.DataFrame) -> None:
-        self.output.add_events(self.etype, frame)
-
-    def close(self) -> str:
-        return os.path.join(self.output.dir, "events", schema.EVENT_FILES[self.etype])
-
-
-class Output:
-    def __init__(self, out_dir: str) -> None:
-        self.dir = out_dir
-        self.state_path = os.path.join(out_dir, "state.json")
-        try:
-            with open(self.state_path, encoding="utf-8") as fh:
-                st = json.load(fh)
-        except FileNotFoundError:
-            st = {}
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{self.state_path}: unreadable restart state ({exc}); move it away to start afresh") from None
-        self.seq = int(st.get("interval", 1))
-        self.totals: dict[str, int] = {k: int(st.get("totals", {}).get(k, 0)) for k in JSONL_KINDS}
-        self.follow: dict[str, dict[str, int]] = st.get("follow", {})
-        committed: dict[str, int] = st.get("committed", {})
-        if self._closing(self.seq):  # stopped while closing this interval: finish the renames
-            for k in JSONL_KINDS:
-                self._truncate(self._open_path(k), committed.get(k, 0))
-                self._close_file(k)
-            self.seq, committed = self.seq + 1, {}
-        self.fh: dict[str, Any] = {}
-        for k in JSONL_KINDS:
-            os.makedirs(os.path.join(out_dir, k), exist_ok=True)
-            self._truncate(self._open_path(k), committed.get(k, 0))  # drop lines never committed
-            self.fh[k] = open(self._open_path(k), "ab")  # noqa: SIM115 - closed in rotate()
-        self.sizes = {k: self.fh[k].tell() for k in JSONL_KINDS}
-        self.events: dict[str, list[pl.DataFrame]] = {}
-        self.event_bytes = 0
-        self.opened = time.monotonic()
-        self.dirty = True
-        self._writers: dict[str, _EventSink] = {}
-        self.commit(self.follow)
-
-    def _open_path(self, kind: str, seq: int | None = None) -> str:
-        return os.path.join(self.dir, kind, f".part-{seq or self.seq:06d}.jsonl.open")
-
-    def _closed_path(self, kind: str, seq: int | None = None) -> str:
-        return os.path.join(self.dir, kind, f"part-{seq or self.seq:06d}.jsonl")
-
-    def _closing(self, seq: int) -> bool:
-        name = f"part-{seq:06d}"
-        if any(os.path.exists(self._closed_path(k, seq)) for k in JSONL_KINDS):
-            return True
-        return any(os.path.exists(os.path.join(self.dir, "events", t, name + ".parquet")) for t in schema.EVENT_FILES.values())
-
-    @staticmethod
-    def _truncate(path: str, size: int) -> None:
-        if os.path.exists(path) and os.path.getsize(path) > size:
-            with open(path, "r+b") as fh:
-                fh.truncate(size)
-
-    def _close_file(self, kind: str) -> str | None:
-        src = self._open_path(kind)
-        if not os.path.exists(src):
-            return None
-        if os.path.getsize(src) == 0:
-            os.remove(src)
-            return None
-        os.replace(src, self._closed_path(kind))
-        return self._closed_path(kind)
-
-    def event_writer(self, etype: str) -> _EventSink:
-        return self._writers.setdefault(etype, _EventSink(self, etype))
-
-    def add_events(self, etype: str, frame: pl.DataFrame) -> None:
-        if frame.height:
-            self.events.setdefault(etype, []).append(frame)
-            self.event_bytes += int(frame.estimated_size())
-
-    def add(self, kind: str, records: list[dict[str, Any]]) -> None:
-        if not records:
-            return
-        lines = "".join(json.dumps(r, sort_keys=True, default=str, ensure_ascii=False) + "\n" for r in records)
-        self.fh[kind].write(lines.encode("utf-8"))
-        self.totals[kind] += len(records)
-        self.dirty = True
-
-    def commit(self, follow: dict[str, dict[str, int]]) -> None:
-        """Make every line written so far durable, together with the follow positions."""
-        if not self.dirty and follow == self.follow:
-            return
-        for k in JSONL_KINDS:
-            self.fh[k].flush()
-            os.fsync(self.fh[k].fileno())
-            self.sizes[k] = self.fh[k].tell()
-        self.follow = {k: dict(v) for k, v in follow.items()}
-        _atomic_json(self.state_path, self._state())
-        self.dirty = False
-
-    def _state(self) -> dict[str, Any]:
-        return {"interval": self.seq, "committed": self.sizes, "totals": self.totals, "follow": self.follow,
-                "saved": time.time()}
-
-    def due(self, rotate_s: float, rotate_bytes: int) -> bool:
-        return bool((rotate_s and time.monotonic() - self.opened >= rotate_s)
-                    or (rotate_bytes and self.event_bytes >= rotate_bytes))
-
-    def rotate(self, follow: dict[str, dict[str, int]], final: bool = False) -> list[str]:
-        """Close the interval: JSONL renamed into place, events written, then the state moves on."""
-        self.commit(follow)
-        paths = []
-        for k in JSONL_KINDS:
-            self.fh[k].close()
-            p = self._close_file(k)
-            if p:
-                paths.append(p)
-        for etype, frames in self.events.items():
-            folder = os.path.join(self.dir, "events", schema.EVENT_FILES[etype])
-            os.makedirs(folder, exist_ok=True)
-            path = os.path.join(folder, f"part-{self.seq:06d}.parquet")
-            tmp = path + ".tmp"
-            pl.concat(frames, how="vertical_relaxed").write_parquet(tmp, compression="zstd", statistics=True)
-            _fsync_path(tmp)
-            os.replace(tmp, path)
-            paths.append(path)
-        self.events, self.event_bytes = {}, 0
-        self.seq += 1
-        self.sizes = dict.fromkeys(JSONL_KINDS, 0)
-        self.opened = time.monotonic()
-        if final:  # the next start opens the next interval's files
-            _atomic_json(self.state_path, self._state())
-            return paths
-        for k in JSONL_KINDS:
-            self.fh[k] = open(self._open_path(k), "ab")  # noqa: SIM115 - closed in rotate()
-        self.dirty = True
-        self.commit(follow)
-        return paths
-
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        from appliance.sinks.summary import write_summary
-
-        write_summary(self.dir, summary)
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_json(path: str, obj: dict[str, Any]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

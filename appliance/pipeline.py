@@ -123,11 +123,19 @@ class Pipeline:
         t3 = time.perf_counter()
         c.time("decode.deep", t3 - t2)
 
-        now = int(batch.ts.max())
-        self.flows.expire(now)
-        self.deep.sweep(now)
-        self._emit_events()
+        self.advance(int(batch.ts.max()))
         c.time("emit", time.perf_counter() - t3)
+
+    def advance(self, now_ns: int) -> None:
+        """Move event time to `now_ns`: end idle flows, release waiting rows, emit their events.
+        The live daemon calls this when no packet has come for a while, so quiet flows still end."""
+        self.flows.expire(now_ns)
+        self.deep.sweep(now_ns)
+        self._emit_events()
+
+    def set_writers(self, factory: Callable[[str], Any]) -> None:
+        """Replace the event writers (the daemon writes one file per output interval)."""
+        self.writers = {t: factory(t) for t in self.writers}
 
     def finish(self) -> dict[str, str]:
         """End of input: every live flow ends, every waiting row is written."""

@@ -240,6 +240,13 @@ def test_live_capture_matches_replay_with_reload_and_clean_stop(net: NetPair, ou
     assert {a["rule.id"] for a in got_alerts} == {a["rule.id"] for a in want_alerts}
     assert len(want_alerts) > 40
 
+    # Findings: the same relay hosts (ids hash event times, which differ live, so compare subjects)
+    live_findings = [json.loads(line) for f in sorted((live / "findings").glob("part-*.jsonl"))
+                     for line in f.read_text().splitlines()]
+    want_findings = [json.loads(line) for line in (offline / "findings.jsonl").read_text().splitlines()]
+    assert {(f["kind"], f["subject"]["value"]) for f in live_findings} == {(f["kind"], f["subject"]["value"]) for f in want_findings}
+    assert ("relay_host", "203.0.113.7") in {(f["kind"], f["subject"]["value"]) for f in want_findings}
+
 
 @needs_root
 def test_refuses_root_without_user_or_allow_root(net: NetPair, outdir: Path) -> None:
