@@ -24,6 +24,7 @@ from pathlib import Path
 import polars as pl
 from polars._typing import PolarsDataType
 
+from appliance.atomic import fsync_path
 from appliance.graph.build import ACCOUNT_ATTRS, IP_ATTRS, Delta
 from appliance.graph.model import EDGE_ENUM, NODE_ENUM, GraphLimits, GraphStats
 from appliance.schema import TIMESTAMP
@@ -46,14 +47,6 @@ SCHEMAS = {"nodes": NODE_SCHEMA, "edges": EDGE_SCHEMA, "activity": ACTIVITY_SCHE
 
 def _empty(name: str) -> pl.DataFrame:
     return pl.DataFrame(schema=SCHEMAS[name])
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class GraphStore:
@@ -105,19 +98,19 @@ class GraphStore:
         for name in _TABLES:
             path = snap / f"{name}.parquet"
             self.tables[name].write_parquet(path, compression="zstd", statistics=False)
-            self._fsync_file(path)
+            fsync_path(path)
         meta = {"format": FORMAT, "next_id": self.next_id, "generation": gen, "relays": self.relays,
                 "stats": asdict(self.stats)}
         (snap / "meta.json").write_text(json.dumps(meta, sort_keys=True))
-        self._fsync_file(snap / "meta.json")
-        _fsync_dir(snap)
+        fsync_path(snap / "meta.json")
+        fsync_path(snap)
         tmp = self.state_dir / "CURRENT.tmp"
         with open(tmp, "w") as fh:
             fh.write(snap.name + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         self._commit(tmp, self.state_dir / "CURRENT")
-        _fsync_dir(self.state_dir)
+        fsync_path(self.state_dir)
         self.generation = gen
         for old in self.state_dir.glob("snap-*"):
             if old.name != snap.name:
@@ -128,14 +121,6 @@ class GraphStore:
     def _commit(tmp: Path, target: Path) -> None:
         # The one atomic step (POSIX rename); kept separate so tests can simulate a crash right before it.
         os.replace(tmp, target)
-
-    @staticmethod
-    def _fsync_file(path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     # --- merging -----------------------------------------------------------------------------
     def intern(self, keys: pl.DataFrame) -> pl.DataFrame:

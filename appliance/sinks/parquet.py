@@ -12,6 +12,7 @@ import shutil
 import polars as pl
 
 from appliance import schema
+from appliance.atomic import write_parquet
 
 PART_ROWS = 500_000
 
@@ -46,7 +47,7 @@ class EventWriter:
     def _flush_part(self) -> None:
         folder = os.path.join(self.dir, self.name)
         os.makedirs(folder, exist_ok=True)
-        _atomic_parquet(pl.concat(self.frames, how="vertical_relaxed"), os.path.join(folder, f"part-{self.parts:05d}.parquet"))
+        write_parquet(pl.concat(self.frames, how="vertical_relaxed"), os.path.join(folder, f"part-{self.parts:05d}.parquet"))
         self.parts += 1
         self.frames, self.buffered = [], 0
 
@@ -58,11 +59,5 @@ class EventWriter:
             return os.path.join(self.dir, self.name)
         frame = pl.concat(self.frames, how="vertical_relaxed") if self.frames else schema.empty_frame(self.event_type, self.enriched)
         path = os.path.join(self.dir, self.name + ".parquet")
-        _atomic_parquet(frame, path)
+        write_parquet(frame, path)
         return path
-
-
-def _atomic_parquet(frame: pl.DataFrame, path: str) -> None:
-    tmp = path + ".tmp"
-    frame.write_parquet(tmp, compression="zstd", statistics=True)
-    os.replace(tmp, path)

@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from appliance import schema
+from appliance.atomic import fsync_path, write_json
 from appliance.errors import ConfigError
 
 JSONL_KINDS = ("alerts", "findings", "rejects")
@@ -122,7 +123,7 @@ class Output:
             os.fsync(self.fh[k].fileno())
             self.sizes[k] = self.fh[k].tell()
         self.follow = {k: dict(v) for k, v in follow.items()}
-        _atomic_json(self.state_path, self._state())
+        write_json(self.state_path, self._state())
         self.dirty = False
 
     def _state(self) -> dict[str, Any]:
@@ -148,7 +149,7 @@ class Output:
             path = os.path.join(folder, f"part-{self.seq:06d}.parquet")
             tmp = path + ".tmp"
             pl.concat(frames, how="vertical_relaxed").write_parquet(tmp, compression="zstd", statistics=True)
-            _fsync_path(tmp)
+            fsync_path(tmp)
             os.replace(tmp, path)
             paths.append(path)
         self.events, self.event_bytes = {}, 0
@@ -156,7 +157,7 @@ class Output:
         self.sizes = dict.fromkeys(JSONL_KINDS, 0)
         self.opened = time.monotonic()
         if final:  # the next start opens the next interval's files
-            _atomic_json(self.state_path, self._state())
+            write_json(self.state_path, self._state())
             return paths
         for k in JSONL_KINDS:
             self.fh[k] = open(self._open_path(k), "ab")  # noqa: SIM115 - closed in rotate()
@@ -168,20 +169,3 @@ class Output:
         from appliance.sinks.summary import write_summary
 
         write_summary(self.dir, summary)
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_json(path: str, obj: dict[str, Any]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
+
+from appliance.atomic import write_json
 
 
 def write_summary(out_dir: str, summary: dict[str, Any]) -> str:
     path = os.path.join(out_dir, "summary.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-    os.replace(tmp, path)
+    write_json(path, summary, indent=2)
     return path
