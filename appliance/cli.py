@@ -308,22 +308,19 @@ def config_check(path: str) -> None:
     click.echo(f"{path}: ok")
 
 
-def _add_optional_commands() -> None:
-    """Command groups owned by other modules: rules, graph, simulate."""
-    import importlib
+def _add_commands() -> None:
+    """Command groups that live in their own modules (only CLI modules print)."""
+    from appliance.cli_graph import graph
+    from appliance.cli_report import explain, report
+    from appliance.cli_rules import rules
+    from appliance.cli_run import run
+    from appliance.simulate.cli import simulate
 
-    for module, attr in (("appliance.cli_rules", "rules"), ("appliance.cli_graph", "graph"), ("appliance.simulate.cli", "simulate"),
-                         ("appliance.cli_run", "run")):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as exc:
-            if exc.name and exc.name.startswith(module):
-                continue
-            raise
-        cli.add_command(getattr(mod, attr))
+    for command in (rules, graph, simulate, run, report, explain):
+        cli.add_command(command)
 
 
-_add_optional_commands()
+_add_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

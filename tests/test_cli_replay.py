@@ -180,3 +180,10 @@ def test_secrets_never_reach_any_output(tmp_path: Path) -> None:
             start = i + 1
     assert capture_keys, "the demo capture should carry bearer keys"
     assert [k for k in capture_keys if k in blob] == []
+
+
+def test_every_command_is_registered() -> None:
+    r = run("--help")
+    assert r.returncode == 0
+    for command in ("replay", "run", "report", "explain", "rules", "graph", "simulate", "config", "schema"):
+        assert f"  {command} " in r.stdout, command
