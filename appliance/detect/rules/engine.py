@@ -2,8 +2,11 @@
 
 The detect stage of the data flow (ARCHITECTURE.md): decoded, enriched event frames in, alert
 dicts per the output contract out. `run` stops at the first rule error (`load`), `validate`
-collects them all (STYLE.md §5). Alerts come out sorted by (event time, rule id, row), so the same
-input gives byte-identical alerts however it is batched, as long as batches arrive in time order.
+collects them all (STYLE.md §5). Each call's alerts come out sorted by (event time, rule id, row).
+Detection alerts depend on one event only; correlation alerts are released by an event-time
+watermark (correlate.py), so the same events give the same alert set however they are batched and
+in whatever order the event types of a batch arrive, as long as no match is later than the allowed
+lateness (`correlation.late_events` counts those that are).
 """
 
 from __future__ import annotations
@@ -14,7 +17,15 @@ import polars as pl
 
 from appliance.detect.rules.alerts import RELATED_FIELDS, alert
 from appliance.detect.rules.compile import CompiledRules
-from appliance.detect.rules.correlate import Correlator, Match
+from appliance.detect.rules.correlate import (
+    DEFAULT_LATENESS_NS,
+    MAX_GROUPS,
+    MAX_PENDING,
+    MAX_VALUES,
+    Correlator,
+    Match,
+    clock_of,
+)
 from appliance.detect.rules.fields import field_types
 from appliance.detect.rules.lists import load_lists
 from appliance.detect.rules.model import Correlation, Rule, RuleDiagnostic, RuleSet
@@ -33,7 +44,8 @@ def validate(paths: list[str], data_dirs: tuple[str, ...] | list[str] = DATA_DIR
 
 
 class RuleEngine:
-    def __init__(self, ruleset: RuleSet, max_groups: int = 100_000, max_values: int = 10_000) -> None:
+    def __init__(self, ruleset: RuleSet, max_groups: int = MAX_GROUPS, max_values: int = MAX_VALUES,
+                 allowed_lateness_ns: int = DEFAULT_LATENESS_NS, max_pending: int = MAX_PENDING) -> None:
         self.ruleset = ruleset
         by_ref: dict[str, Rule] = {}
         for r in ruleset.rules:
@@ -50,7 +62,9 @@ class RuleEngine:
         self._emit = {r.id: (r.id not in referenced or any(c.generate for c in referenced[r.id]))
                       for r in ruleset.rules}
         self._refs = {r.id: tuple(x for x in (r.id, r.name) if x) for r in ruleset.rules}
-        self.correlator = Correlator(ruleset.correlations, self._field_for, max_groups, max_values)
+        self.correlator = Correlator(ruleset.correlations, self._field_for,
+                                     lambda _c, ref: clock_of(by_ref[ref].logsource), max_groups, max_values,
+                                     allowed_lateness_ns, max_pending)
         self._corr_fields: dict[str, set[str]] = {}
         for c in ruleset.correlations:
             for ref in c.rules:
@@ -82,40 +96,47 @@ class RuleEngine:
     validate = staticmethod(validate)
 
     def evaluate(self, event_type: str, frame: pl.DataFrame) -> list[dict[str, Any]]:
-        """Alerts (and correlation alerts) raised by one batch of one event type, in a stable order."""
+        """Alerts raised by one batch of one event type, and the correlation alerts its timestamps
+        released (sorted by event time, rule id, row)."""
         self.stats["batches"] += 1
         self.stats["events"] += frame.height
         compiled = self.compiled.get(event_type)
-        if compiled is None or frame.height == 0:
+        clock = clock_of(event_type)
+        # A frame without hits still moves its clock's watermark: correlations must close on time.
+        tracked = self.correlator.tracks(clock)
+        if frame.height == 0 or (compiled is None and not tracked):
             return []
-        hits = compiled.match(frame)
-        if not hits:
-            return []
-        types = field_types(event_type)
-        ts = _timestamps(frame)
+        hits = compiled.match(frame) if compiled is not None else []
+        times = _timestamps(frame) if hits or tracked else None
         out: list[dict[str, Any]] = []
-        pending: list[tuple[tuple[int, int, int], Match, tuple[str, ...]]] = []
-        order = {r.id: i for i, r in enumerate(compiled.rules)}
-        for hit in hits:
-            rid = hit.rule.id
-            need = set(_ENDPOINTS) | set(RELATED_FIELDS) | self._corr_fields.get(rid, set())
-            cols = [c for c in sorted(need) if c in frame.columns and c in types]
-            records = frame[hit.rows].select(cols).to_dicts() if cols else [{} for _ in hit.rows]
-            for row, rec, ev in zip(hit.rows, records, hit.evidence, strict=True):
-                t = ts[row]
-                if self._emit[rid]:
-                    a = alert(t, rid, hit.rule.title, hit.rule.level, event_type, rec, ev)
-                    a["_sort"] = (t if t is not None else -1, rid, row)
-                    out.append(a)
-                if rid in self._corr_fields and t is not None:
-                    pending.append(((t, order[rid], row), Match(t, rid, rec), self._refs[rid]))
-        if pending:
-            pending.sort(key=lambda p: p[0])
-            out.extend(self.correlator.process([(m, refs) for _, m, refs in pending]))
+        pending: list[tuple[Match, tuple[str, ...]]] = []
+        if hits:
+            types = field_types(event_type)
+            for hit in hits:
+                rid = hit.rule.id
+                need = set(_ENDPOINTS) | set(RELATED_FIELDS) | self._corr_fields.get(rid, set())
+                cols = [c for c in sorted(need) if c in frame.columns and c in types]
+                records = frame[hit.rows].select(cols).to_dicts() if cols else [{} for _ in hit.rows]
+                ts = times.gather(hit.rows).to_list() if times is not None else [None] * len(hit.rows)
+                for row, rec, ev, t in zip(hit.rows, records, hit.evidence, ts, strict=True):
+                    if self._emit[rid]:
+                        a = alert(t, rid, hit.rule.title, hit.rule.level, event_type, rec, ev)
+                        a["_sort"] = (t if t is not None else -1, rid, row)
+                        out.append(a)
+                    if rid in self._corr_fields:
+                        if t is None:
+                            self.stats["correlation.skipped_null_time"] = self.stats.get(
+                                "correlation.skipped_null_time", 0) + 1
+                        else:
+                            pending.append((Match(t, rid, rec), self._refs[rid]))
+        if tracked:
+            latest = times.max() if times is not None else None
+            out.extend(self.correlator.process(clock, pending, latest if isinstance(latest, int) else None))
         return self._finish(out)
 
     def flush(self) -> list[dict[str, Any]]:
-        """End of input: judge the correlation windows still open."""
+        """End of input: release every buffered match and judge the windows still open. The
+        correlation state (and its watermark) then starts afresh, so the engine can be reused."""
         return self._finish(self.correlator.flush())
 
     def _finish(self, alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -124,13 +145,15 @@ class RuleEngine:
             del a["_sort"]
         self.stats["alerts"] += len(alerts)
         self.stats["correlation.groups"] = self.correlator.group_count()
+        self.stats["correlation.pending"] = self.correlator.pending_count()
         return alerts
 
 
-def _timestamps(frame: pl.DataFrame) -> list[int | None]:
+def _timestamps(frame: pl.DataFrame) -> pl.Series | None:
+    """`@timestamp` as epoch nanoseconds (Int64, nulls kept), or None when the frame has none."""
     if "@timestamp" not in frame.columns:
-        return [None] * frame.height
+        return None
     col = frame.get_column("@timestamp")
     if not isinstance(col.dtype, pl.Datetime):
         col = col.cast(pl.Utf8).str.to_datetime(time_zone="UTC", strict=False)
-    return col.dt.cast_time_unit("ns").dt.epoch("ns").to_list()
+    return col.dt.cast_time_unit("ns").dt.epoch("ns")
