@@ -43,6 +43,10 @@ SETTINGS: tuple[Setting, ...] = (
             "regions, disposable email domains). Default: the rules/data folder shipped with the project."),
     Setting("rules", list, [], "Rule files or folders (default: the rule pack shipped in rules/)."),
     Setting("report", bool, True, "Write report.html after a replay."),
+    Setting("rules.allowed_lateness_s", float, 3600.0, "How far behind the newest event a correlation waits for "
+            "stragglers before judging a window (event time). Flow events are stamped with their start but "
+            "emitted when they end, so keep it above flows.active_s + flows.tcp_idle_s; events later than this "
+            "are counted as late and left out of correlations. Live correlation alerts come out this late."),
     # -- live capture (`appliance run`, appliance/sources/live.py) --------------------------------
     Setting("capture.interfaces", list, [], "Interfaces `appliance run` captures on when no --interface is given."),
     Setting("capture.bpf", str, None, "BPF filter expression (tcpdump syntax) applied in the kernel; --bpf "

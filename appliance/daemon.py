@@ -159,7 +159,8 @@ class Daemon:
         self.geo = GeoIP.open(list(self.opts.geoip) or cfg["geoip"])
         self.catalogs_dir = cfg["catalogs"] or os.path.join(config.PROJECT_RULES, "data")
         cats = Catalogs.load(self.catalogs_dir)
-        self.detection = Detection(self._alerts, self._rule_paths(cfg), self.catalogs_dir, self.opts.state_dir, cats)
+        self.detection = Detection(self._alerts, self._rule_paths(cfg), self.catalogs_dir, self.opts.state_dir, cats,
+                                   cfg["rules.allowed_lateness_s"])
         self._reported: dict[str, tuple[float, int]] = {}  # finding id → (score, evidence count) last written
 
         def enrich(etype: str, frame: pl.DataFrame) -> pl.DataFrame:

@@ -28,11 +28,12 @@ class Detection:
     GRAPH_BUFFER_ROWS = 200_000
 
     def __init__(self, alert_sink: AlertSink, rule_paths: list[str] | None, catalogs_dir: str,
-                 state_dir: str | None = None, catalogs: Any = None) -> None:
+                 state_dir: str | None = None, catalogs: Any = None, lateness_s: float = 3600.0) -> None:
         from appliance.graph.entity_graph import EntityGraph
 
         self.alert_sink = alert_sink
         self.catalogs_dir = catalogs_dir
+        self.lateness_ns = int(lateness_s * 1e9)
         self.engine = self.load_rules(rule_paths) if rule_paths is not None else None
         disposable = None
         if catalogs is not None and "disposable_email_domains" in catalogs.names():
@@ -49,7 +50,8 @@ class Detection:
         """A new rule engine (raises RuleError with file:line:column at the first bad rule)."""
         from appliance.detect.rules.engine import RuleEngine
 
-        return RuleEngine.load(rule_paths, data_dirs=(os.path.join(config.PROJECT_RULES, "lists"), self.catalogs_dir))
+        return RuleEngine.load(rule_paths, data_dirs=(os.path.join(config.PROJECT_RULES, "lists"), self.catalogs_dir),
+                               allowed_lateness_ns=self.lateness_ns)
 
     def replace_engine(self, engine: Any) -> None:
         """SIGHUP: windows still open are judged by the old rules, then the new ones take over."""
