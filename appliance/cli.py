@@ -120,7 +120,7 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
     cats = Catalogs.load(catalogs_dir)
     alerts_out = JsonlWriter(os.path.join(out_dir, "alerts.jsonl"))
     detect = Detection(alerts_out.write_many, None if no_rules else list(rule_paths) or cfg["rules"] or [config.PROJECT_RULES],
-                       catalogs_dir, state_dir, cats, cfg["rules.allowed_lateness_s"])
+                       catalogs_dir, state_dir, cats, cfg)
     started = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
     n_workers = auto_workers(files) if workers == "auto" else _positive_int(workers, "--workers")

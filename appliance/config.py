@@ -43,6 +43,19 @@ SETTINGS: tuple[Setting, ...] = (
             "regions, disposable email domains). Default: the rules/data folder shipped with the project."),
     Setting("rules", list, [], "Rule files or folders (default: the rule pack shipped in rules/)."),
     Setting("report", bool, True, "Write report.html after a replay."),
+    Setting("rules.max_groups", int, 100_000, "Most correlation groups (e.g. source addresses) kept per rule; "
+            "beyond it the stalest are evicted and counted (rules.stats in summary.json)."),
+    Setting("rules.max_pending", int, 200_000, "Most matches a correlation buffers while it waits for "
+            "stragglers; beyond it the oldest are judged early and counted as forced releases."),
+    Setting("relay.max_rows", int, 2_000_000, "Flow/TLS/HTTP rows the relay detector keeps per table; the "
+            "oldest go first and are counted (relay_detector.evicted_rows)."),
+    Setting("relay.max_rows_per_host", int, 50_000, "Rows kept per host and table by the relay detector."),
+    Setting("relay.max_hosts", int, 200_000, "Distinct hosts tracked per table by the relay detector."),
+    Setting("graph.max_nodes", int, 20_000_000, "Most entity-graph nodes; beyond it unreferenced nodes are "
+            "evicted and counted (graph.evicted_nodes)."),
+    Setting("graph.max_edges", int, 40_000_000, "Most entity-graph edges; the oldest are evicted first and counted."),
+    Setting("graph.max_activity_rows", int, 30_000_000, "Most per-account activity rows kept for the "
+            "synchronisation and diurnal features; the oldest are evicted and counted."),
     Setting("rules.allowed_lateness_s", float, 3600.0, "How far behind the newest event a correlation waits for "
             "stragglers before judging a window (event time). Flow events are stamped with their start but "
             "emitted when they end, so keep it above flows.active_s + flows.tcp_idle_s; events later than this "

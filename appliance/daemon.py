@@ -159,8 +159,7 @@ class Daemon:
         self.geo = GeoIP.open(list(self.opts.geoip) or cfg["geoip"])
         self.catalogs_dir = cfg["catalogs"] or os.path.join(config.PROJECT_RULES, "data")
         cats = Catalogs.load(self.catalogs_dir)
-        self.detection = Detection(self._alerts, self._rule_paths(cfg), self.catalogs_dir, self.opts.state_dir, cats,
-                                   cfg["rules.allowed_lateness_s"])
+        self.detection = Detection(self._alerts, self._rule_paths(cfg), self.catalogs_dir, self.opts.state_dir, cats, cfg)
         self._reported: dict[str, tuple[float, int]] = {}  # finding id → (score, evidence count) last written
 
         def enrich(etype: str, frame: pl.DataFrame) -> pl.DataFrame:
@@ -353,7 +352,7 @@ class Daemon:
         try:
             cfg = config.load(self.opts.config_path)
             paths = self._rule_paths(cfg)
-            engine = self.detection.load_rules(paths) if paths is not None else None
+            engine = self.detection.load_rules(paths, cfg) if paths is not None else None
         except ApplianceError as exc:
             self.reloads["failed"] += 1
             log.error("reload failed: keeping the running config and rules", extra=_f(error=str(exc)))
@@ -362,7 +361,7 @@ class Daemon:
         for k in needs_restart:  # keep what is running; say what waits for a restart
             cfg.values[k] = self.cfg.values[k]
         self.detection.replace_engine(engine)  # windows still open are judged by the old rules
-        self.cfg = cfg
+        self.cfg = self.detection.cfg = cfg
         self.reloads["ok"] += 1
         self.output.commit(self._follow_positions())
         log.info("reloaded", extra=_f(rules=self._rule_count(), needs_restart=needs_restart))

@@ -28,30 +28,38 @@ class Detection:
     GRAPH_BUFFER_ROWS = 200_000
 
     def __init__(self, alert_sink: AlertSink, rule_paths: list[str] | None, catalogs_dir: str,
-                 state_dir: str | None = None, catalogs: Any = None, lateness_s: float = 3600.0) -> None:
+                 state_dir: str | None = None, catalogs: Any = None, cfg: config.Config | None = None) -> None:
+        from appliance.detect.relay.state import RelayLimits
         from appliance.graph.entity_graph import EntityGraph
+        from appliance.graph.model import GraphLimits
 
+        cfg = cfg or config.defaults()
+        self.cfg = cfg
         self.alert_sink = alert_sink
         self.catalogs_dir = catalogs_dir
-        self.lateness_ns = int(lateness_s * 1e9)
         self.engine = self.load_rules(rule_paths) if rule_paths is not None else None
         disposable = None
         if catalogs is not None and "disposable_email_domains" in catalogs.names():
             disposable = frozenset(catalogs["disposable_email_domains"].values())
-        self.graph = EntityGraph.open(state_dir, disposable=disposable)
+        graph_limits = GraphLimits(max_nodes=cfg["graph.max_nodes"], max_edges=cfg["graph.max_edges"],
+                                   max_activity_rows=cfg["graph.max_activity_rows"])
+        self.graph = EntityGraph.open(state_dir, graph_limits, disposable=disposable)
         self.state_dir = state_dir
-        self.relays = _relay_detector()
+        self.relays = _relay_detector(RelayLimits(max_rows=cfg["relay.max_rows"], max_rows_per_host=cfg["relay.max_rows_per_host"],
+                                                  max_hosts=cfg["relay.max_hosts"]))
         self.alerts = 0
         self.by_rule: dict[str, int] = {}
         self._graph_buf: dict[str, list[pl.DataFrame]] = {}
         self._graph_rows = 0
 
-    def load_rules(self, rule_paths: list[str]) -> Any:
+    def load_rules(self, rule_paths: list[str], cfg: config.Config | None = None) -> Any:
         """A new rule engine (raises RuleError with file:line:column at the first bad rule)."""
         from appliance.detect.rules.engine import RuleEngine
 
+        cfg = cfg or self.cfg
         return RuleEngine.load(rule_paths, data_dirs=(os.path.join(config.PROJECT_RULES, "lists"), self.catalogs_dir),
-                               allowed_lateness_ns=self.lateness_ns)
+                               allowed_lateness_ns=int(cfg["rules.allowed_lateness_s"] * 1e9),
+                               max_groups=cfg["rules.max_groups"], max_pending=cfg["rules.max_pending"])
 
     def replace_engine(self, engine: Any) -> None:
         """SIGHUP: windows still open are judged by the old rules, then the new ones take over."""
@@ -123,10 +131,10 @@ class Detection:
         }
 
 
-def _relay_detector() -> Any:
+def _relay_detector(limits: Any) -> Any:
     from appliance.detect.relay.detector import RelayDetector
 
-    return RelayDetector()
+    return RelayDetector(limits)
 
 
 def _jsonable(obj: Any) -> Any:
