@@ -61,6 +61,9 @@ def _answer_bytes() -> list[pl.Expr]:
             (pl.col("resp_pkts").fill_null(0) - setup).clip(lower_bound=0).alias("answer_pkts")]
 
 
+MAX_LAGS_KEPT = 2000  # a finding carries at most this many measured lags (report histogram)
+
+
 @dataclass
 class Measures:
     """Numbers measured for one candidate (None: not measurable from what was seen)."""
@@ -91,6 +94,7 @@ class Measures:
     lag_chance: float = 0.0
     lag_median_ms: float | None = None
     lag_p90_ms: float | None = None
+    lags_ms: list[float] = field(default_factory=list)  # the matched lags, for the report's histogram
     one_to_one: float | None = None  # distinct upstream openings / matched requests
     explained: int = 0  # openings explained by inbound activity
     explained_excess: float | None = None  # (observed - chance) / (1 - chance), best test
@@ -202,6 +206,7 @@ def measure(v: HostView, window_ns: int, restricted: frozenset[str]) -> Measures
     if lag.matched:
         m.lag_median_ms = float(np.median(lag.lags_ns)) / 1e6
         m.lag_p90_ms = float(np.percentile(lag.lags_ns, 90)) / 1e6
+        m.lags_ms = [round(float(x) / 1e6, 3) for x in np.sort(lag.lags_ns)[:MAX_LAGS_KEPT]]
         m.one_to_one = lag.distinct_upstream / lag.matched
     # Timing 2: upstream openings explained by inbound activity, against chance. Two tests, the
     # better-powered one counts: a request just before (plaintext), or an open inbound session.

@@ -54,7 +54,9 @@ def entities(m: Measures) -> list[dict[str, Any]]:
 def build(m: Measures, s: float) -> dict[str, Any]:
     """One finding. Evidence values are the measured numbers; the order is fixed by `describe`."""
     evidence = [{"rule": rule, "summary": summary, "value": value} for rule, value, summary in describe(m)]
+    extra = {"lags_ms": m.lags_ms} if m.lags_ms else {}
     return {
+        **extra,
         "id": finding_id(KIND, m.ip),
         "kind": KIND,
         "score": round(s, 4),
