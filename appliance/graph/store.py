@@ -26,7 +26,7 @@ from polars._typing import PolarsDataType
 
 from appliance.atomic import fsync_path
 from appliance.graph.build import ACCOUNT_ATTRS, IP_ATTRS, Delta
-from appliance.graph.model import EDGE_ENUM, NODE_ENUM, GraphLimits, GraphStats
+from appliance.graph.model import EDGE_ENUM, NODE_ENUM, NODE_TYPES, GraphLimits, GraphStats
 from appliance.schema import TIMESTAMP
 
 FORMAT = 1
@@ -134,58 +134,103 @@ class GraphStore:
             self.tables["nodes"] = pl.concat([nodes, new.select(NODE_SCHEMA.keys())])
         return self.tables["nodes"]
 
-    def _ids(self, frame: pl.DataFrame, type_col: str, value_col: str, out: str) -> pl.DataFrame:
-        nodes = self.tables["nodes"].rename({"id": out, "type": type_col, "value": value_col})
-        frame = frame.with_columns(pl.col(type_col).cast(NODE_ENUM))
-        return frame.join(nodes, on=[type_col, value_col], how="left").drop(type_col, value_col)
+    def _intern_codes(self, delta: Delta) -> dict[str, pl.Series]:
+        """Intern the values the delta's frames use; per node type, a code -> node id lookup.
 
-    def add(self, delta: Delta) -> None:
-        edges = [e for e in delta.edges if e.height]
-        keys: list[pl.DataFrame] = []
-        for e in edges:
-            keys.append(e.select(pl.col("src_type").alias("type"), pl.col("src").alias("value")))
-            keys.append(e.select(pl.col("dst_type").alias("type"), pl.col("dst").alias("value")))
+        Only values some edge or table refers to become nodes (as before codes: a key seen only on
+        rows without an account is not a node). New nodes get ids in (type, value) order, so a batch
+        interns the same ids whatever the row order or the dictionaries' order."""
+        used: dict[str, list[pl.Series]] = {}
+        for b in delta.edges:
+            used.setdefault(b.src_type, []).append(b.frame.get_column("src"))
+            used.setdefault(b.dst_type, []).append(b.frame.get_column("dst"))
         for frame, col, typ in ((delta.activity, "account", "account"), (delta.keys, "account", "account"),
                                 (delta.keys, "key", "api_key"), (delta.accounts, "account", "account"),
                                 (delta.ips, "ip", "ip")):
             if frame is not None and frame.height:
-                keys.append(frame.select(pl.lit(typ).alias("type"), pl.col(col).alias("value")))
-        if keys:
-            self.intern(pl.concat(keys, how="vertical_relaxed"))
-        if edges:
-            new = pl.concat(edges, how="vertical_relaxed").with_columns(pl.col("etype").cast(EDGE_ENUM))
-            new = self._ids(self._ids(new, "src_type", "src", "src_id"), "dst_type", "dst", "dst_id")
-            new = new.rename({"src_id": "src", "dst_id": "dst"}).select(EDGE_SCHEMA.keys())
-            self.tables["edges"] = self._merge_edges(pl.concat([self.tables["edges"], new]))
+                used.setdefault(typ, []).append(frame.get_column(col))
+        nodes = self.tables["nodes"]
+        new_nodes: list[pl.DataFrame] = []
+        lookup: dict[str, pl.Series] = {}
+        for typ in NODE_TYPES:  # NODE_ENUM order, as the nodes table sorts types
+            if typ not in used:
+                continue
+            codes = pl.concat(used.pop(typ)).unique().alias("code")
+            values = delta.codes.values[typ]
+            f = pl.DataFrame([codes, values.gather(codes).alias("value")])
+            f = f.join(nodes.filter(pl.col("type") == typ).select("id", "value"), on="value", how="left")
+            new = f.filter(pl.col("id").is_null()).sort("value")
+            if new.height:
+                new = new.with_columns(pl.int_range(self.next_id, self.next_id + new.height, dtype=pl.Int64).alias("id"))
+                self.next_id += new.height
+                new_nodes.append(new.select("id", pl.lit(typ, dtype=NODE_ENUM).alias("type"), "value"))
+                f = pl.concat([f.filter(pl.col("id").is_not_null()), new])
+            # code -> id as a dense array: mapping a column is one gather.
+            lut = pl.Series("id", [None], dtype=pl.Int64).extend_constant(None, values.len() - 1)
+            lookup[typ] = lut.scatter(f.get_column("code"), f.get_column("id"))
+        if new_nodes:
+            self.tables["nodes"] = pl.concat([nodes, *new_nodes])
+        return lookup
+
+    def add(self, delta: Delta) -> None:
+        ids = self._intern_codes(delta)
+
+        def gather(typ: str, col: str) -> pl.Expr:
+            return pl.lit(ids[typ]).gather(pl.col(col)).alias(col)
+
+        if delta.edges:
+            new = pl.concat([b.frame.select(pl.lit(b.etype, dtype=EDGE_ENUM).alias("etype"), gather(b.src_type, "src"),
+                                            gather(b.dst_type, "dst"), "count", "first", "last")
+                             for b in delta.edges])
+            delta.edges.clear()  # the code frames are no longer needed; free them before the merge
+            self.tables["edges"] = self._add_edges(self.tables["edges"], new)
+            del new
+        # A delta's activity and key rows are unique per key already: with nothing stored there is
+        # nothing to merge, and the group-by (the ingest's largest) is skipped.
         if delta.activity is not None and delta.activity.height:
-            act = self._account_ids(delta.activity, "account").select(ACTIVITY_SCHEMA.keys())
-            merged = pl.concat([self.tables["activity"], act]).group_by("account", "minute").agg(
-                pl.col(c).sum() for c in ("n", "n429", "nban", "nmis"))
-            self.tables["activity"] = merged.cast(ACTIVITY_SCHEMA)  # type: ignore[arg-type]
+            act = delta.activity.select(gather("account", "account"), *list(ACTIVITY_SCHEMA)[1:])
+            act = act.cast(ACTIVITY_SCHEMA)  # type: ignore[arg-type]
+            if self.tables["activity"].height:
+                act = pl.concat([self.tables["activity"], act]).group_by("account", "minute").agg(
+                    pl.col(c).sum() for c in ("n", "n429", "nban", "nmis"))
+            self.tables["activity"] = act.cast(ACTIVITY_SCHEMA)  # type: ignore[arg-type]
         if delta.keys is not None and delta.keys.height:
-            k = self._account_ids(delta.keys, "account")
-            k = self._ids(k.with_columns(pl.lit("api_key").alias("ktype")), "ktype", "key", "key_id")
-            k = k.rename({"key_id": "key"}).select(KEY_SCHEMA.keys())
-            self.tables["keys"] = pl.concat([self.tables["keys"], k]).group_by("key", "account").agg(
-                pl.col("first").min(), pl.col("last").max(), pl.col("last429").max(), pl.col("n").sum()
-            ).select(KEY_SCHEMA.keys())
+            k = delta.keys.select(gather("api_key", "key"), gather("account", "account"), *list(KEY_SCHEMA)[2:])
+            if self.tables["keys"].height:
+                k = pl.concat([self.tables["keys"], k]).group_by("key", "account").agg(
+                    pl.col("first").min(), pl.col("last").max(), pl.col("last429").max(), pl.col("n").sum())
+            self.tables["keys"] = k.select(KEY_SCHEMA.keys())
         if delta.accounts is not None and delta.accounts.height:
-            a = self._ids(delta.accounts.with_columns(pl.lit("account").alias("t"), pl.col("account").alias("v")),
-                          "t", "v", "id").select(ACCOUNT_SCHEMA.keys())
-            merged = pl.concat([self.tables["accounts"], a]).group_by("id", maintain_order=True).agg(
-                pl.all().drop_nulls().last())
+            names = delta.codes.values["account"]
+            a = delta.accounts.with_columns(gather("account", "account").alias("id"),
+                                            pl.lit(names).gather(pl.col("account")).alias("account"))
+            merged = pl.concat([self.tables["accounts"], a.select(ACCOUNT_SCHEMA.keys())]).group_by(
+                "id", maintain_order=True).agg(pl.all().drop_nulls().last())
             self.tables["accounts"] = merged.cast(ACCOUNT_SCHEMA)  # type: ignore[arg-type]
         if delta.ips is not None and delta.ips.height:
-            i = self._ids(delta.ips.with_columns(pl.lit("ip").alias("t"), pl.col("ip").alias("v")), "t", "v", "id")
+            addrs = delta.codes.values["ip"]
+            i = delta.ips.with_columns(gather("ip", "ip").alias("id"), pl.lit(addrs).gather(pl.col("ip")).alias("ip"))
             merged = pl.concat([self.tables["ips"], i.select(IP_SCHEMA.keys())]).group_by("id").agg(
                 pl.col("ip").first(), pl.col("asn").drop_nulls().last(),
                 *[pl.col(f).any() for f in ("hosting", "vpn", "proxy", "tor")])
             self.tables["ips"] = merged.select(IP_SCHEMA.keys())
         self._bound()
 
-    def _account_ids(self, frame: pl.DataFrame, col: str) -> pl.DataFrame:
-        f = frame.with_columns(pl.lit("account").alias("_t"), pl.col(col).alias("_v")).drop(col)
-        return self._ids(f, "_t", "_v", col)
+    @classmethod
+    def _add_edges(cls, old: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
+        """Merge a delta's edges (unique per etype, src, dst) into the table.
+
+        Only edge types present on both sides can repeat a key, so only they are grouped; the rest
+        is appended. On the first request batch (egress, keys, clients: most of the graph) that
+        saves the largest group-by of the ingest and its memory."""
+        shared = set(old.get_column("etype").unique().to_list()) & set(new.get_column("etype").unique().to_list())
+        if not shared:
+            out = pl.concat([old, new])
+        else:
+            both = pl.col("etype").is_in(sorted(shared))
+            merged = cls._merge_edges(pl.concat([old.filter(both), new.filter(both)]))
+            out = pl.concat([old.filter(~both), new.filter(~both), merged])
+        return out.rechunk() if out.n_chunks() > 16 else out
 
     @staticmethod
     def _merge_edges(edges: pl.DataFrame) -> pl.DataFrame:
@@ -207,7 +252,9 @@ class GraphStore:
         edges = self.tables["edges"]
         if edges.height > lim.max_edges:
             # Structural edges (ip->prefix/asn) carry no time: keep them, evict what was seen longest ago.
-            keep = edges.sort("last", descending=True, nulls_last=False).head(lim.max_edges)
+            # Ties broken by key, so the same state always evicts the same edges.
+            keep = edges.sort(["last", "etype", "src", "dst"], descending=[True, False, False, False],
+                              nulls_last=False).head(lim.max_edges)
             self.stats.evicted_edges += edges.height - keep.height
             self.tables["edges"] = keep
         nodes = self.tables["nodes"]
@@ -224,7 +271,7 @@ class GraphStore:
             self.tables["nodes"] = kept
         act = self.tables["activity"]
         if act.height > lim.max_activity_rows:
-            keep = act.sort("minute", descending=True).head(lim.max_activity_rows)
+            keep = act.sort(["minute", "account"], descending=[True, False]).head(lim.max_activity_rows)
             self.stats.evicted_activity += act.height - keep.height
             self.tables["activity"] = keep
 

@@ -84,7 +84,7 @@ class _Builder:
     def add(self, idx: np.ndarray, *, org: list | np.ndarray | None, created: np.ndarray, email: np.ndarray,
             card: np.ndarray, bins: np.ndarray, signup: pl.Series, signup_attr: tuple[int, bool, bool],
             req_acct: np.ndarray, req_t: np.ndarray, req_ip: pl.Series, ip_attr: tuple[int, bool, bool],
-            ua: np.ndarray | str, ja4: np.ndarray | str, status: np.ndarray | None = None) -> list[str]:
+            ua: pl.Series | str, ja4: pl.Series | str, status: np.ndarray | None = None) -> list[str]:
         n, m = len(idx), len(req_acct)
         names = pl.Series("i", idx).cast(pl.Utf8).str.zfill(7)
         acc = pl.DataFrame({
@@ -101,13 +101,13 @@ class _Builder:
         org_of = dict(zip(idx.tolist(), org, strict=True)) if org is not None else None
         req = pl.DataFrame({
             "@timestamp": pl.Series(req_t).cast(TIMESTAMP), "source.ip": req_ip,
-            "user_agent.original": np.broadcast_to(np.asarray(ua, dtype=object), (m,)),
+            "user_agent.original": _column(ua, m),
             "api.key_id": "fp:key" + rnames, "account.id": "a" + rnames,
             "organization.id": pl.Series([org_of[i] for i in req_acct.tolist()] if org_of else [None] * m,
                                          dtype=pl.Utf8),
             "url.path": "/v1/chat/completions", "model": "gpt-4o-mini",
             "http.response.status_code": pl.Series(status if status is not None else np.full(m, 200), dtype=pl.Int32),
-            "tls.client.ja4": np.broadcast_to(np.asarray(ja4, dtype=object), (m,)),
+            "tls.client.ja4": _column(ja4, m),
             "source.as.number": ip_attr[0], "source.anonymity.hosting": ip_attr[1], "source.anonymity.vpn": ip_attr[2],
         })
         self.req.append(req)
@@ -115,6 +115,31 @@ class _Builder:
 
     def per_request(self, idx: np.ndarray) -> np.ndarray:
         return np.repeat(idx, self.rpa)
+
+
+def _pick(mask: np.ndarray, yes: str, no: str) -> pl.Series:
+    """One of two strings per row. Not np.where: that makes a fixed-width unicode array (4 bytes per
+    character per row, 4 GB for 10M User-Agents), which was the 1M-account benchmark's peak RSS."""
+    return pl.select(pl.when(pl.Series(mask)).then(pl.lit(yes)).otherwise(pl.lit(no))).to_series()
+
+
+def _column(value: pl.Series | str, m: int) -> pl.Series:
+    return value if isinstance(value, pl.Series) else pl.repeat(value, m, dtype=pl.Utf8, eager=True)
+
+
+def _sorted_by_time(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """Concatenate and sort by @timestamp one column at a time, so the peak is the frame plus one
+    column rather than two whole frames (DataFrame.sort gathers every column at once)."""
+    frame = pl.concat(parts, how="vertical_relaxed")
+    parts.clear()
+    order = frame.get_column("@timestamp").arg_sort()
+    cols = frame.get_columns()
+    del frame
+    out: list[pl.Series] = []
+    for i in range(len(cols)):
+        out.append(cols[i].gather(order))
+        cols[i] = out[-1]  # drop the unsorted column before gathering the next
+    return pl.DataFrame(out)
 
 
 def _resi(digit: str, idx: np.ndarray) -> pl.Series:
@@ -136,7 +161,7 @@ def background(b: _Builder, n: int) -> None:
           email=r.choice(WEBMAIL, n), card=b.cards(n), bins=r.integers(400000, 559999, n),
           signup=ip, signup_attr=(64502, False, False), req_acct=ra, req_t=b.diurnal(len(ra), 7, 24),
           req_ip=ip.gather(pos), ip_attr=(64502, False, False),
-          ua=np.where(sdk[pos], SDK_UA, CHROME_UA), ja4=np.where(sdk[pos], SDK_JA4, CHROME_JA4))
+          ua=_pick(sdk[pos], SDK_UA, CHROME_UA), ja4=_pick(sdk[pos], SDK_JA4, CHROME_JA4))
 
 
 def enterprise(b: _Builder, n: int, tag: str) -> list[str]:
@@ -165,7 +190,7 @@ def university(b: _Builder, n: int) -> list[str]:
                  bins=r.choice(r.integers(400000, 559999, 40), n), signup=pl.Series(["192.0.2.20"] * n),
                  signup_attr=(64502, False, False), req_acct=ra, req_t=b.diurnal(len(ra), 8, 26),
                  req_ip=pl.Series(["192.0.2.20"] * len(ra)), ip_attr=(64502, False, False),
-                 ua=np.where(sdk[pos], SDK_UA, CHROME_UA), ja4=np.where(sdk[pos], SDK_JA4, CHROME_JA4))
+                 ua=_pick(sdk[pos], SDK_UA, CHROME_UA), ja4=_pick(sdk[pos], SDK_JA4, CHROME_JA4))
 
 
 def vpn_users(b: _Builder, n: int) -> list[str]:
@@ -268,5 +293,5 @@ def generate(seed: int = 0, n_background: int = 2000, farm_sizes: tuple[int, ...
         sc.farms[f"farm-{f}"] = set(names)
         sc.relay_findings.extend(relay)
     sc.accounts = pl.concat(b.acc, how="vertical_relaxed")
-    sc.requests = pl.concat(b.req, how="vertical_relaxed").sort("@timestamp")
+    sc.requests = _sorted_by_time(b.req)
     return sc
