@@ -116,7 +116,8 @@ class RuleEngine:
                 rid = hit.rule.id
                 need = set(_ENDPOINTS) | set(RELATED_FIELDS) | self._corr_fields.get(rid, set())
                 cols = [c for c in sorted(need) if c in frame.columns and c in types]
-                records = frame[hit.rows].select(cols).to_dicts() if cols else [{} for _ in hit.rows]
+                # Select, then gather: only the alert's columns are copied, not the whole batch.
+                records = frame.select(cols)[hit.rows].to_dicts() if cols else [{} for _ in hit.rows]
                 ts = times.gather(hit.rows).to_list() if times is not None else [None] * len(hit.rows)
                 for row, rec, ev, t in zip(hit.rows, records, hit.evidence, ts, strict=True):
                     if self._emit[rid]:
