@@ -143,7 +143,7 @@ class DeepParser:
             fwd = fwd_l[j]
             if udp_l[j]:
                 if dnsu_l[j]:
-                    self._dns(f, fwd, ts_l[j], data)
+                    self._dns_row(f, fwd, ts_l[j], data)
                 elif data[:4] in _METHODS4:
                     r = _Reasm(HTTP_REQ, 0, ts_l[j], f, fwd, truncated=True)
                     r.add(0, data)
@@ -362,11 +362,9 @@ class DeepParser:
                 return
             item = self.http_wait.get(id(f))
             if item:
-                rows = [x for x in item[1]]
-                if rows:
-                    row = rows[0]
+                if item[1]:  # responses answer requests in order (HTTP/1.1 pipelining)
+                    row = item[1].pop(0)
                     row["http.response.status_code"] = status
-                    item[1].remove(row)
                     self._emit("http", row)
                 if not item[1]:
                     del self.http_wait[id(f)]
@@ -378,9 +376,6 @@ class DeepParser:
             raise NeedMore()
         for m in msgs:
             self._dns_row(r.flow, r.fwd, r.ts, m)
-
-    def _dns(self, f: Flow, fwd: bool, ts: int, data: bytes) -> None:
-        self._dns_row(f, fwd, ts, data)
 
     def _dns_row(self, f: Flow, fwd: bool, ts: int, data: bytes) -> None:
         try:
