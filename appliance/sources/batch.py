@@ -53,18 +53,23 @@ class PacketBatch:
 
     @staticmethod
     def concat(batches: list[PacketBatch]) -> PacketBatch:
-        """Join batches into one buffer (offsets shifted), keeping packet order."""
+        """Join batches into one buffer (offsets shifted), keeping packet order. Only the bytes the
+        packets span are copied: a batch may point into a whole memory-mapped file."""
         if len(batches) == 1:
             return batches[0]
         datas, offs, shift = [], [], 0
         for b in batches:
-            datas.append(b.data[: len(b.data) - PAD])
-            offs.append(b.offsets + shift)
-            shift += len(b.data) - PAD
+            if not len(b):
+                continue
+            lo = int(b.offsets.min())
+            hi = int((b.offsets + b.caplen).max())
+            datas.append(b.data[lo:hi])
+            offs.append(b.offsets - lo + shift)
+            shift += hi - lo
         datas.append(np.zeros(PAD, np.uint8))
         return PacketBatch(
             np.concatenate(datas),
-            np.concatenate(offs),
+            np.concatenate(offs) if offs else np.zeros(0, np.int64),
             np.concatenate([b.caplen for b in batches]),
             np.concatenate([b.wirelen for b in batches]),
             np.concatenate([b.ts for b in batches]),

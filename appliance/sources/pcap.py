@@ -1,15 +1,16 @@
 """pcap and pcapng files (plain or gzip) → packet batches, in timestamp order across files.
 
 The format is decided by the file's magic bytes, never its name (FoxIO's `http1.pcapng` is libpcap).
-Records are walked with one small struct unpack each; everything else about a packet (timestamps,
-lengths) is gathered for the whole batch with numpy. A fault in a file (bad magic, truncated record,
-absurd caplen) raises InputError with the file name and byte offset *after* every good packet
-before it has been yielded, so nothing already decoded is lost.
+Record starts are found by the compiled walk in recwalk.py; everything else about a packet
+(timestamps, lengths, interfaces) is gathered for the whole batch with numpy. A fault in a file
+(bad magic, truncated record, absurd caplen) raises InputError with the file name and byte offset
+*after* every good packet before it has been yielded, so nothing already decoded is lost.
 """
 
 from __future__ import annotations
 
 import gzip
+import mmap
 import os
 import struct
 from collections.abc import Iterable, Iterator
@@ -20,6 +21,7 @@ import numpy as np
 
 from appliance.errors import InputError
 from appliance.sources.batch import PAD, PacketBatch
+from appliance.sources.recwalk import pcap_records, pcapng_packets
 
 PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1000),  # little-endian, microseconds
@@ -33,6 +35,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 # A record claiming more than this is not a packet but a corrupt length field: nothing after it can
 # be trusted, so the file is abandoned there (libpcap's own limit is 256 KiB for most link types).
 MAX_CAPLEN = 262144 * 4
+MAX_BLOCK = MAX_CAPLEN + 4096  # a pcapng block longer than this has a corrupt length field
 CHUNK_BYTES = 32 << 20
 _NO_DATA = np.zeros(PAD, np.uint8)
 
@@ -95,7 +98,10 @@ def expand_paths(paths: Iterable[str]) -> list[str]:
 
 
 class _Reader:
-    """Reads one file in chunks, yielding batches of at most `batch_size` packets."""
+    """Reads one file, yielding batches of at most `batch_size` packets.
+
+    A plain file is memory-mapped whole: the record walk reads it in place, and batches point into
+    the map instead of copying packet bytes. A gzip file is decompressed in chunks instead."""
 
     def __init__(self, path: str, file_index: int, batch_size: int, stats: ReadStats, index_only: bool = False) -> None:
         self.path = path
@@ -111,11 +117,19 @@ class _Reader:
         self.format = fmt
         stats.formats[path] = fmt
         self.fh: Any = gzip.open(path, "rb") if fmt.endswith("gzip") else open(path, "rb")
-        self.buf = b""
+        self.buf: Any = b""
+        self.mapped: np.ndarray | None = None  # the whole plain file, when it could be mapped
         self.pos = 0  # first unread byte of buf
         self.base = 0  # file offset of buf[0] (decompressed offset for gzip)
         self.eof = False
         self.frame = 0
+        if not fmt.endswith("gzip"):
+            try:
+                self.buf = mmap.mmap(self.fh.fileno(), 0, access=mmap.ACCESS_READ)
+                self.mapped = np.frombuffer(self.buf, np.uint8)
+                self.eof = True
+            except (OSError, ValueError):  # empty file, or one that cannot be mapped (a pipe): read it
+                self.buf = b""
 
     def _fill(self, need: int) -> bool:
         """Make at least `need` unread bytes available from `pos`; False at end of file.
@@ -137,7 +151,7 @@ class _Reader:
         return len(self.buf) - self.pos >= need
 
     def close(self) -> None:
-        self.fh.close()
+        self.fh.close()  # a map stays valid until the batches that point into it are gone
 
     def batches(self) -> Iterator[PacketBatch]:
         if self.format.startswith("pcapng"):
@@ -149,98 +163,84 @@ class _Reader:
     def _pcap(self) -> Iterator[PacketBatch]:
         if not self._fill(24):
             raise InputError(self.path, "truncated file header (need 24 bytes)", self.base + len(self.buf))
-        endian, ts_mult = PCAP_MAGICS[self.buf[:4]]
+        endian, ts_mult = PCAP_MAGICS[bytes(self.buf[:4])]
         snaplen, linktype = struct.unpack_from(endian + "II", self.buf, 16)
         linktype &= 0x0FFFFFFF  # upper bits carry FCS info (pcap-savefile(5))
         self.pos = 24
-        caplen_at = struct.Struct(endian + "I").unpack_from
         hdr_dtype = np.dtype([("sec", endian + "u4"), ("frac", endian + "u4"), ("incl", endian + "u4"), ("orig", endian + "u4")])
         while True:
             self._fill(CHUNK_BYTES // 2)
-            buf, end = self.buf, len(self.buf)
-            positions: list[int] = []
-            pos = self.pos
-            limit = self.batch_size
-            error: InputError | None = None
-            append = positions.append
-            stop = end - 16
-            for _ in range(limit):  # the one per-packet Python loop: keep it minimal
-                if pos > stop:
-                    break
-                nxt = pos + 16 + caplen_at(buf, pos + 8)[0]
-                if nxt > end:
-                    break
-                append(pos)
-                pos = nxt
-            if positions:
-                caps = np.frombuffer(buf, np.uint8)[np.asarray(positions, np.int64)[:, None] + np.arange(8, 12)]
-                bad = np.nonzero(caps.copy().view(endian + "u4").reshape(-1) > MAX_CAPLEN)[0]
-                if len(bad):
-                    pos = positions[int(bad[0])]
-                    del positions[int(bad[0]) :]
-            if pos <= stop and caplen_at(buf, pos + 8)[0] > MAX_CAPLEN:
-                incl = caplen_at(buf, pos + 8)[0]
-                error = InputError(self.path, f"absurd record length {incl} (corrupt record header)", self.base + pos)
-            if positions:
-                yield self._pcap_batch(buf, positions, hdr_dtype, ts_mult, linktype)
+            buf = self.buf
+            starts, pos, absurd = pcap_records(buf, self.pos, endian == ">", MAX_CAPLEN, self.batch_size)
+            if len(starts):
+                yield self._pcap_batch(buf, starts, hdr_dtype, ts_mult, linktype)
             self.pos = pos
-            if error:
-                raise error
-            if not positions and not self._fill(len(self.buf) - self.pos + 1):
+            if absurd:
+                incl = struct.unpack_from(endian + "I", buf, pos + 8)[0]
+                raise InputError(self.path, f"absurd record length {incl} (corrupt record header)", self.base + pos)
+            if not len(starts) and not self._fill(len(self.buf) - self.pos + 1):
                 if self.pos < len(self.buf):
                     raise InputError(
                         self.path, f"truncated packet record ({len(self.buf) - self.pos} trailing bytes)", self.base + self.pos
                     )
                 return
 
-    def _pcap_batch(self, buf: bytes, positions: list[int], hdr_dtype: np.dtype, ts_mult: int, linktype: int) -> PacketBatch:
-        pos = np.asarray(positions, np.int64)
-        raw = np.frombuffer(buf, np.uint8)
+    def _pcap_batch(self, buf: Any, pos: np.ndarray, hdr_dtype: np.dtype, ts_mult: int, linktype: int) -> PacketBatch:
+        raw = self._raw(buf)
         # gather the 16-byte record headers of all packets at once
-        hdr = raw[pos[:, None] + np.arange(16)].copy().view(hdr_dtype).reshape(-1)
+        hdr = raw[pos[:, None] + np.arange(16)].view(hdr_dtype).reshape(-1)
         caplen = hdr["incl"].astype(np.int32)
         ts = hdr["sec"].astype(np.int64) * 1_000_000_000 + hdr["frac"].astype(np.int64) * ts_mult
         return self._make_batch(raw, pos + 16, caplen, hdr["orig"].astype(np.int32), ts, np.full(len(pos), linktype, np.int32))
 
+    def _raw(self, buf: Any) -> np.ndarray:
+        return self.mapped if self.mapped is not None and buf is self.buf else np.frombuffer(buf, np.uint8)
+
     def _make_batch(self, raw: np.ndarray, data_pos: np.ndarray, caplen: np.ndarray, wirelen: np.ndarray, ts: np.ndarray, linktype: np.ndarray) -> PacketBatch:
         n = len(data_pos)
+        frames = np.arange(self.frame + 1, self.frame + 1 + n, dtype=np.int64)
+        self.frame += n
+        self.stats.packets += n
+        self.stats.bytes += int(caplen.sum())
+        file_index = np.full(n, self.file_index, np.int16)
         if self.index_only:
-            frames = np.arange(self.frame + 1, self.frame + 1 + n, dtype=np.int64)
-            self.frame += n
-            self.stats.packets += n
-            self.stats.bytes += int(caplen.sum())
-            return PacketBatch(_NO_DATA, data_pos + self.base, caplen, wirelen, ts, linktype, frames,
-                               np.full(n, self.file_index, np.int16))
+            return PacketBatch(_NO_DATA, data_pos + self.base, caplen, wirelen, ts, linktype, frames, file_index)
+        if raw is self.mapped:  # point into the map; attach_data copies only a batch that ends near EOF
+            return attach_data(PacketBatch(_NO_DATA, data_pos, caplen, wirelen, ts, linktype, frames, file_index), raw)
         last = int(data_pos[-1] + caplen[-1]) if n else 0
         first = int(data_pos[0]) if n else 0
         data = np.empty(last - first + PAD, np.uint8)
         data[: last - first] = raw[first:last]
         data[last - first :] = 0
-        frames = np.arange(self.frame + 1, self.frame + 1 + n, dtype=np.int64)
-        self.frame += n
-        self.stats.packets += n
-        self.stats.bytes += int(caplen.sum())
-        return PacketBatch(
-            data, data_pos - first, caplen, wirelen, ts, linktype, frames, np.full(n, self.file_index, np.int16)
-        )
+        return PacketBatch(data, data_pos - first, caplen, wirelen, ts, linktype, frames, file_index)
 
     # -- pcapng ------------------------------------------------------------------------------
     def _pcapng(self) -> Iterator[PacketBatch]:
         endian = "<"
         interfaces: list[tuple[int, int, int]] = []  # (linktype, tsresol code, tsoffset seconds)
         while True:
-            positions: list[int] = []
-            caplens: list[int] = []
-            origs: list[int] = []
-            tss: list[int] = []
-            links: list[int] = []
+            runs: list[tuple[np.ndarray, ...]] = []  # (data pos, caplen, orig, ts, linktype) arrays
+            count = 0
             self._fill(CHUNK_BYTES // 2)
             buf, end, pos = self.buf, len(self.buf), self.pos
+            raw = self._raw(buf)
             error: InputError | None = None
-            while pos + 12 <= end and len(positions) < self.batch_size:
+            while pos + 12 <= end and count < self.batch_size:
+                starts, pos = pcapng_packets(buf, pos, endian == ">", MAX_BLOCK, self.batch_size - count)
+                if len(starts):
+                    run, bad = _epb_run(raw, starts, endian, interfaces)
+                    runs.append(run)
+                    count += len(run[0])
+                    if bad is not None:
+                        pos = bad
+                        error = InputError(self.path, "packet block for an undeclared interface or with a bad length", self.base + pos)
+                        break
+                    continue
+                if pos + 12 > end:
+                    break
                 btype = struct.unpack_from(endian + "I", buf, pos)[0]
                 if btype == 0x0A0D0D0A:
-                    bom = buf[pos + 8 : pos + 12]
+                    bom = bytes(buf[pos + 8 : pos + 12])
                     if bom == b"\x4d\x3c\x2b\x1a":
                         endian = "<"
                     elif bom == b"\x1a\x2b\x3c\x4d":
@@ -250,7 +250,7 @@ class _Reader:
                         break
                     interfaces = []
                 blen = struct.unpack_from(endian + "I", buf, pos + 4)[0]
-                if blen < 12 or blen % 4 or blen > MAX_CAPLEN + 4096:
+                if blen < 12 or blen % 4 or blen > MAX_BLOCK:
                     error = InputError(self.path, f"bad pcapng block length {blen}", self.base + pos)
                     break
                 if pos + blen > end:
@@ -258,29 +258,19 @@ class _Reader:
                 if btype == 1:  # Interface Description Block
                     lt = struct.unpack_from(endian + "H", buf, pos + 8)[0]
                     interfaces.append((lt, *_idb_options(buf, pos + 16, pos + blen - 4, endian)))
-                elif btype in (6, 3, 2):
+                elif btype in (6, 3, 2):  # an EPB the fast walk refused (too short), SPB, obsolete PB
                     pkt = _packet_block(buf, pos, blen, btype, endian, interfaces)
                     if pkt is None:
                         error = InputError(self.path, "packet block for an undeclared interface or with a bad length", self.base + pos)
                         break
-                    data_pos, cap, orig, ts, lt = pkt
-                    positions.append(data_pos)
-                    caplens.append(cap)
-                    origs.append(orig)
-                    tss.append(ts)
-                    links.append(lt)
+                    runs.append(tuple(np.asarray([v], np.int64) for v in pkt))
+                    count += 1
                 # every other block (NRB, ISB, DSB 0x0A decryption secrets, custom, comments) is skipped
                 pos += blen
-            if positions:
-                raw = np.frombuffer(buf, np.uint8)
-                yield self._make_batch(
-                    raw,
-                    np.asarray(positions, np.int64),
-                    np.asarray(caplens, np.int32),
-                    np.asarray(origs, np.int32),
-                    np.asarray(tss, np.int64),
-                    np.asarray(links, np.int32),
-                )
+            if runs:
+                cols = [np.concatenate([r[i] for r in runs]) for i in range(5)]
+                yield self._make_batch(raw, cols[0], cols[1].astype(np.int32), cols[2].astype(np.int32), cols[3],
+                                       cols[4].astype(np.int32))
             progressed = pos > self.pos
             self.pos = pos
             if error:
@@ -293,7 +283,35 @@ class _Reader:
                 return
 
 
-def _idb_options(buf: bytes, pos: int, end: int, endian: str) -> tuple[int, int]:
+def _epb_run(raw: np.ndarray, starts: np.ndarray, endian: str, interfaces: list[tuple[int, int, int]]
+             ) -> tuple[tuple[np.ndarray, ...], int | None]:
+    """Fields of consecutive Enhanced Packet Blocks, gathered at once: (data pos, caplen, orig,
+    ts ns, linktype) and the start of the first block that is invalid (None when all are good);
+    the run is cut before it so every packet before the fault is kept."""
+    u32 = np.dtype(endian + "u4")
+    fields = raw[starts[:, None] + np.arange(4, 28)].view(u32).reshape(-1, 6).astype(np.int64)
+    blen, ifid, hi, lo, cap, orig = fields.T
+    ok = (ifid < len(interfaces)) & (28 + cap <= blen - 4)
+    bad: int | None = None
+    if not ok.all():
+        k = int(np.argmin(ok))
+        bad = int(starts[k])
+        starts, ifid, hi, lo, cap, orig = starts[:k], ifid[:k], hi[:k], lo[:k], cap[:k], orig[:k]
+    units = (hi << 32) | lo
+    ts = np.empty(len(starts), np.int64)
+    links = np.empty(len(starts), np.int64)
+    for i in np.unique(ifid).tolist():
+        lt, tsresol, tsoffset = interfaces[i]
+        sel = ifid == i
+        links[sel] = lt
+        if not tsresol & 0x80 and tsresol <= 9:
+            ts[sel] = units[sel] * 10 ** (9 - tsresol) + tsoffset * 1_000_000_000
+        else:  # binary or sub-nanosecond resolution: exact integer arithmetic, packet by packet
+            ts[sel] = [_to_ns(u, tsresol) + tsoffset * 1_000_000_000 for u in units[sel].tolist()]
+    return (starts + 28, cap, orig, ts, links), bad
+
+
+def _idb_options(buf: Any, pos: int, end: int, endian: str) -> tuple[int, int]:
     """if_tsresol (code 9) and if_tsoffset (code 14) of an Interface Description Block."""
     tsresol, tsoffset = 6, 0
     while pos + 4 <= end:
@@ -317,7 +335,7 @@ def _to_ns(units: int, tsresol: int) -> int:
 
 
 def _packet_block(
-    buf: bytes, pos: int, blen: int, btype: int, endian: str, interfaces: list[tuple[int, int, int]]
+    buf: Any, pos: int, blen: int, btype: int, endian: str, interfaces: list[tuple[int, int, int]]
 ) -> tuple[int, int, int, int, int] | None:
     """(data position, caplen, original length, ts ns, linktype) of an EPB, SPB or obsolete PB."""
     if btype == 6:
@@ -336,6 +354,7 @@ def _packet_block(
     lt, tsresol, tsoffset = interfaces[ifid]
     ts = _to_ns((hi << 32) | lo, tsresol) + tsoffset * 1_000_000_000
     return data_pos, cap, orig, ts, lt
+
 
 
 class CaptureReader:
