@@ -51,7 +51,32 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps({"ts": self.formatTime(record), "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()})
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """Command groups living in their own modules, imported only when named: `appliance replay`
+    then starts without loading the graph, report and rule tooling (a third of a second)."""
+
+    LAZY = {
+        "explain": "appliance.cli_report:explain",
+        "graph": "appliance.cli_graph:graph",
+        "report": "appliance.cli_report:report",
+        "rules": "appliance.cli_rules:rules",
+        "run": "appliance.cli_run:run",
+        "simulate": "appliance.simulate.cli:simulate",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.LAZY and name not in self.commands:
+            import importlib
+
+            module, attr = self.LAZY[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="appliance")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("--json-logs", is_flag=True, help="Structured JSON log lines on stderr.")
@@ -88,15 +113,8 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
            accounts_paths: tuple[str, ...], mapping: str | None, rule_paths: tuple[str, ...], no_rules: bool,
            state_dir: str | None, with_report: bool | None, as_json: bool, progress: bool | None) -> None:
     """Replay pcap/pcapng files (or folders of them) into events, alerts and findings in OUT."""
-    from appliance.decode.flows import FlowLimits
-    from appliance.detect.stage import Detection
-    from appliance.enrich.catalog import Catalogs
-    from appliance.enrich.geoip import GeoIP
-    from appliance.parallel import auto_workers
-    from appliance.pipeline import Pipeline
-    from appliance.sinks.jsonl import JsonlWriter
-    from appliance.sinks.summary import write_summary
-    from appliance.sources.pcap import CaptureReader, expand_paths
+    from appliance.parallel import ShardedReplay, auto_workers
+    from appliance.sources.files import expand_paths
 
     cfg = config.load(config_path)
     secrets.set_secret(cfg["secret"])
@@ -104,29 +122,48 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
     if not files:
         raise InputError(", ".join(paths), "no pcap or pcapng files found")
     os.makedirs(out_dir, exist_ok=True)
-    limits = FlowLimits(
-        max_flows=max_flows or cfg["flows.max"],
-        tcp_idle_s=cfg["flows.tcp_idle_s"],
-        udp_idle_s=cfg["flows.udp_idle_s"],
-        other_idle_s=cfg["flows.other_idle_s"],
-        active_s=cfg["flows.active_s"],
-        community_id_seed=cfg["flows.community_id_seed"],
-    )
-    if limits.max_flows < 1:
+    limit_args = {
+        "max_flows": max_flows or cfg["flows.max"],
+        "tcp_idle_s": cfg["flows.tcp_idle_s"],
+        "udp_idle_s": cfg["flows.udp_idle_s"],
+        "other_idle_s": cfg["flows.other_idle_s"],
+        "active_s": cfg["flows.active_s"],
+        "community_id_seed": cfg["flows.community_id_seed"],
+    }
+    if limit_args["max_flows"] < 1:
         raise ConfigError("--max-flows must be at least 1")
-    reader = CaptureReader(files, batch_size=batch_packets or cfg["batch_packets"])
-    geo = GeoIP.open(list(geoip) or cfg["geoip"])
-    catalogs_dir = catalogs or cfg["catalogs"] or os.path.join(config.PROJECT_RULES, "data")
-    cats = Catalogs.load(catalogs_dir)
-    alerts_out = JsonlWriter(os.path.join(out_dir, "alerts.jsonl"))
-    detect = Detection(alerts_out.write_many, None if no_rules else list(rule_paths) or cfg["rules"] or [config.PROJECT_RULES],
-                       catalogs_dir, state_dir, cats, cfg)
+    batch = batch_packets or cfg["batch_packets"]
+    n_workers = auto_workers(files) if workers == "auto" else _positive_int(workers, "--workers")
+    # Workers start first, from this still one-threaded process (appliance/parallel.py): rules,
+    # databases and the heavy modules load here while they decode.
+    sharded = ShardedReplay(files, limit_args, batch, n_workers).start() if n_workers > 1 else None
+
+    from appliance.decode.flows import FlowLimits
+    from appliance.detect.stage import Detection
+    from appliance.enrich.catalog import Catalogs
+    from appliance.enrich.geoip import GeoIP
+    from appliance.pipeline import Pipeline
+    from appliance.sinks.jsonl import JsonlWriter
+    from appliance.sinks.summary import write_summary
+    from appliance.sources.pcap import CaptureReader
+
+    limits = FlowLimits(**limit_args)
+    reader = CaptureReader(files, batch_size=batch)
+    try:
+        geo = GeoIP.open(list(geoip) or cfg["geoip"])
+        catalogs_dir = catalogs or cfg["catalogs"] or os.path.join(config.PROJECT_RULES, "data")
+        cats = Catalogs.load(catalogs_dir)
+        alerts_out = JsonlWriter(os.path.join(out_dir, "alerts.jsonl"))
+        detect = Detection(alerts_out.write_many, None if no_rules else list(rule_paths) or cfg["rules"] or [config.PROJECT_RULES],
+                           catalogs_dir, state_dir, cats, cfg)
+    except BaseException:  # a bad rule or database: the workers' decoding is of no use
+        if sharded is not None:
+            sharded.kill()
+        raise
     started = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
-    n_workers = auto_workers(files) if workers == "auto" else _positive_int(workers, "--workers")
-    if n_workers > 1:
-        decode_summary, paths_out = _run_sharded(files, out_dir, limits, batch_packets or cfg["batch_packets"], n_workers,
-                                                 enricher(geo, cats), detect, reader, show)
+    if sharded is not None:
+        decode_summary, paths_out = _run_sharded(sharded, out_dir, limits, enricher(geo, cats), detect, reader, show)
     else:
         pipeline = Pipeline(out_dir, limits, enrichers=[enricher(geo, cats)], event_sinks=[detect.on_events])
         paths_out = _run_with_progress(pipeline, reader, show)
@@ -183,28 +220,27 @@ def _positive_int(text: str, name: str) -> int:
     return value
 
 
-def _run_sharded(files: list[str], out_dir: str, limits: Any, batch: int, n: int, enrich: Any, detect: Any,
-                 reader: Any, show: bool) -> tuple[dict[str, Any], dict[str, str]]:
-    """Decode on n cores, then enrich and judge the merged events in time order (appliance/parallel.py)."""
-    from appliance.parallel import analyse, decode_sharded
+def _run_sharded(sharded: Any, out_dir: str, limits: Any, enrich: Any, detect: Any, reader: Any, show: bool
+                 ) -> tuple[dict[str, Any], dict[str, str]]:
+    """This process enriches and judges each batch's merged events while the workers decode the
+    next (appliance/parallel.py)."""
+    from appliance.pipeline import Pipeline
 
+    route = Pipeline(out_dir, limits, enrichers=[enrich], event_sinks=[detect.on_events])
     t0 = time.perf_counter()
     if show:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
-        with Progress(TextColumn(f"replay ({n} workers)"), BarColumn(), TransferSpeedColumn(), TimeElapsedColumn(),
-                      transient=True) as bar:
+        with Progress(TextColumn(f"replay ({sharded.workers} workers)"), BarColumn(), TransferSpeedColumn(),
+                      TimeElapsedColumn(), transient=True) as bar:
             task = bar.add_task("replay", total=reader.total_bytes or None)
-            frames, summary, errors, formats = decode_sharded(
-                files, out_dir, limits, batch, n, lambda done: bar.update(task, completed=done))
+            summary, errors, formats = sharded.drain(route, lambda done: bar.update(task, completed=done))
     else:
-        frames, summary, errors, formats = decode_sharded(files, out_dir, limits, batch, n)
+        summary, errors, formats = sharded.drain(route)
     reader.stats.errors.extend(errors)
     reader.stats.formats.update(formats)
-    t1 = time.perf_counter()
-    paths = analyse(frames, out_dir, enrich, [detect.on_events])
-    summary["timings_s"]["analyse"] = round(time.perf_counter() - t1, 4)
-    summary["timings_s"]["decode_wall"] = round(t1 - t0, 4)
+    paths = route.close_writers()
+    summary["timings_s"]["decode_wall"] = round(time.perf_counter() - t0, 4)
     return summary, paths
 
 
@@ -306,21 +342,6 @@ def config_check(path: str) -> None:
     """Validate a config file (unknown keys and wrong types name file:line:column)."""
     config.load(path)
     click.echo(f"{path}: ok")
-
-
-def _add_commands() -> None:
-    """Command groups that live in their own modules (only CLI modules print)."""
-    from appliance.cli_graph import graph
-    from appliance.cli_report import explain, report
-    from appliance.cli_rules import rules
-    from appliance.cli_run import run
-    from appliance.simulate.cli import simulate
-
-    for command in (rules, graph, simulate, run, report, explain):
-        cli.add_command(command)
-
-
-_add_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,91 +1,192 @@
 """Replay on several cores: flows are sharded by a symmetric hash of their endpoints.
 
-Each worker process reads every packet (the record walk is cheap next to the rest) but decodes
-flows and deep-parses only its own shard, so the costly per-flow Python work is split across
+Each worker process reads every packet (the compiled record walk over a memory map is cheap) but
+decodes flows and deep-parses only its own shard, so the costly per-flow Python work is split across
 cores. Both directions of a flow hash alike (Pipeline._keep_shard), so a flow never straddles two
-workers. The parent merges the shards' events in time order, then enriches and judges them in
-time slices, the same order of work a single process follows batch by batch.
+workers. Every worker walks the same batches, so after each batch it sends that batch's events to
+the parent; the parent merges the shards' events of batch k and enriches, judges and writes them
+while the workers decode batch k+1 — the same order of work a single process follows.
+
+The CLI starts the workers before it loads numpy, polars, rules or databases: a fork of a
+one-threaded process is instant and safe, and the parent's loading overlaps the workers' decoding.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
+import queue
+import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import polars as pl
+if TYPE_CHECKING:  # this module stays light: the CLI forks workers before numpy and polars load
+    import polars as pl
 
-from appliance.decode.flows import FlowLimits
-from appliance.pipeline import PACKET_EVENTS, Pipeline
-from appliance.sinks.parquet import EventWriter
-from appliance.sources.batch import PacketBatch
-from appliance.sources.pcap import CaptureReader, attach_data, map_file, sniff_format
+    from appliance.pipeline import Pipeline
 
-SLICE_NS = 10 * 10**9  # event-time slice the parent enriches and judges at once
+QUEUE_BATCHES = 8  # batches of events a worker may run ahead of the parent (bounds memory)
 _SUM_KEYS = ("decoded", "flows", "deep_parsed_packets", "malformed_total")
-_DICT_KEYS = ("malformed", "flows_by_end_reason", "evicted", "events", "timings_s")
+_DICT_KEYS = ("malformed", "flows_by_end_reason", "evicted", "timings_s")
+_PARENT_TIMINGS = ("enrich", "detect", "write")  # measured by the parent, which does that work
 
 
-_progress: Any = None  # shared counter of bytes read by shard 0 (inherited by the forked workers)
-_index: list[PacketBatch] | None = None  # the parent's record index of a single plain file (inherited)
+
+PACKET_EVENTS = ("flow", "tls", "http", "dns")  # as appliance.pipeline.PACKET_EVENTS (tested equal)
 
 
-def _decode_shard(paths: list[str], out_dir: str, limits: FlowLimits, batch_size: int, shard: tuple[int, int]) -> dict[str, Any]:
-    reader = CaptureReader(paths, batch_size=batch_size)
-    pipe = Pipeline(out_dir, limits, shard=shard)
-    if _index is not None:
-        mapped = map_file(paths[0])
-        batches: Any = (attach_data(b, mapped) for b in _index)
-        reader.stats.formats[paths[0]] = sniff_format(paths[0]) or "?"
-    else:
+class _Collect:
+    """An event writer that keeps frames for the parent instead of writing files."""
+
+    def __init__(self) -> None:
+        self.frames: list[pl.DataFrame] = []
+
+    def write(self, frame: pl.DataFrame) -> None:
+        if frame.height:
+            self.frames.append(frame)
+
+    def take(self) -> pl.DataFrame | None:
+        import polars as pl
+
+        frames, self.frames = self.frames, []
+        return pl.concat(frames, how="vertical_relaxed") if frames else None
+
+    def close(self) -> str:
+        return ""
+
+
+def _worker(paths: list[str], limits: dict[str, Any], batch_size: int, shard: tuple[int, int], out: Any) -> None:
+    """Read every packet, decode this shard's flows batch by batch; send each batch's events,
+    then the summary. `limits` are FlowLimits' arguments."""
+    try:
+        from appliance.decode.flows import FlowLimits
+        from appliance.pipeline import Pipeline
+        from appliance.sources.pcap import CaptureReader
+
+        collect = {t: _Collect() for t in PACKET_EVENTS}
+        pipe = Pipeline("", FlowLimits(**limits), shard=shard, writer_factory=collect.__getitem__)
+        reader = CaptureReader(paths, batch_size=batch_size)
         batches = reader.batches()
 
-    def tick(batch: Any) -> None:
-        if shard[0] == 0 and _progress is not None:
-            with _progress.get_lock():
-                _progress.value += batch.captured_bytes + 16 * len(batch)
+        def take() -> dict[str, pl.DataFrame]:
+            return {t: f for t, c in collect.items() if (f := c.take()) is not None}
 
-    written = pipe.run_packets(batches, tick)
-    return {"summary": pipe.summary(), "written": written, "errors": reader.stats.errors, "formats": reader.stats.formats}
-
-
-def decode_sharded(paths: list[str], out_dir: str, limits: FlowLimits, batch_size: int, workers: int,
-                   progress: Callable[[int], None] | None = None
-                   ) -> tuple[dict[str, pl.DataFrame], dict[str, Any], list[str], dict[str, str]]:
-    """Decode in `workers` processes; returns merged event frames, summary, input errors, formats.
-    `progress(bytes_read)` is called a few times a second while the workers run."""
-    global _progress, _index
-    index_reader = CaptureReader(paths, batch_size=batch_size)
-    _index = index_reader.index()  # walk the records once, here, before forking
-    shard_root = os.path.join(out_dir, ".shards")
-    jobs = [(paths, os.path.join(shard_root, str(i)), limits, batch_size, (i, workers)) for i in range(workers)]
-    ctx = multiprocessing.get_context("fork")  # workers inherit the imported modules: no re-import cost
-    _progress = ctx.Value("q", 0)
-    with ctx.Pool(workers) as pool:
-        pending = pool.starmap_async(_decode_shard, jobs)
-        while not pending.ready():
-            pending.wait(0.2)
-            if progress is not None:
-                progress(int(_progress.value))
-        results = pending.get()
-    _index = None
-    if index_reader.stats.errors:  # a fault found by the parent's walk: the workers never saw it
-        results[0]["errors"] = index_reader.stats.errors
-    frames: dict[str, pl.DataFrame] = {}
-    for etype in PACKET_EVENTS:
-        parts = [_read(r["written"][etype]) for r in results]
-        frames[etype] = pl.concat(parts, how="vertical_relaxed").sort(["@timestamp", "flow.id"], maintain_order=True)
-    summary = _merge_summaries([r["summary"] for r in results])
-    summary["workers"] = workers
-    shutil.rmtree(shard_root, ignore_errors=True)
-    return frames, summary, results[0]["errors"], results[0]["formats"]
+        for batch in batches:
+            pipe.process_batch(batch)
+            out.put(("batch", batch.captured_bytes + 16 * len(batch), take()))
+        pipe.finish()
+        out.put(("end", take(), {"summary": pipe.summary(), "errors": reader.stats.errors, "formats": reader.stats.formats}))
+    except BaseException as exc:  # noqa: B036 - reported to the parent, which raises it as an internal error
+        out.put(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
 
 
-def _read(path: str) -> pl.DataFrame:
-    return pl.read_parquet(path if path.endswith(".parquet") else os.path.join(path, "*.parquet"))
+class WorkerError(RuntimeError):
+    """A worker process failed; the message carries its traceback."""
+
+
+class ShardedReplay:
+    """Replay in `workers` processes: start() forks them (the caller may then load rules and
+    databases while they decode); drain() feeds each batch's merged events to `route.emit`."""
+
+    def __init__(self, paths: list[str], limits: dict[str, Any], batch_size: int, workers: int) -> None:
+        self.paths, self.limits, self.batch_size, self.workers = paths, limits, batch_size, workers
+        self.queues: list[Any] = []
+        self.procs: list[Any] = []
+        self.method = ""
+
+    def start(self) -> ShardedReplay:
+        method = self.method = start_method()
+        ctx: Any = multiprocessing.get_context(method)
+        if method == "forkserver":
+            ctx.set_forkserver_preload(["appliance.pipeline"])
+        self.queues = [ctx.Queue(QUEUE_BATCHES) for _ in range(self.workers)]
+        self.procs = [ctx.Process(target=_worker, args=(self.paths, self.limits, self.batch_size, (i, self.workers), q),
+                                  daemon=True) for i, q in enumerate(self.queues)]
+        for p in self.procs:
+            p.start()
+        return self
+
+    def drain(self, route: Pipeline, progress: Callable[[int], None] | None = None
+              ) -> tuple[dict[str, Any], list[str], dict[str, str]]:
+        """Merged decode summary, input errors and formats. `progress(bytes_read)` is called after
+        every batch."""
+        import polars as pl
+
+        ends: list[dict[str, Any] | None] = [None] * self.workers
+        done_bytes = 0
+        try:
+            while any(e is None for e in ends):
+                merged: dict[str, list[pl.DataFrame]] = {}
+                for i in range(self.workers):
+                    if ends[i] is not None:
+                        continue
+                    msg = _get(self.queues[i], self.procs[i], i)
+                    if msg[0] == "end":
+                        frames, ends[i] = msg[1], msg[2]
+                    else:
+                        frames = msg[2]
+                        if i == 0:
+                            done_bytes += msg[1]
+                    for t, f in frames.items():
+                        merged.setdefault(t, []).append(f)
+                route.emit({t: pl.concat(merged[t], how="vertical_relaxed") for t in PACKET_EVENTS if t in merged})
+                if progress is not None:
+                    progress(done_bytes)
+        except BaseException:  # a failed worker (or ^C): the others' work is of no use
+            self.kill()
+            raise
+        self.stop()
+        results = [e for e in ends if e is not None]
+        errors = results[0]["errors"]
+        summary = _merge_summaries([r["summary"] for r in results])
+        summary["events"] = dict(sorted(route.counters.events.items()))
+        timings = summary["timings_s"]
+        for k in _PARENT_TIMINGS:
+            timings[k] = round(route.counters.timings.get(k, 0.0), 4)
+        summary["timings_s"] = dict(sorted(timings.items()))
+        summary["workers"] = self.workers
+        summary["workers_started_by"] = self.method
+        return summary, errors, results[0]["formats"]
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+
+    def kill(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.join()
+
+
+def start_method() -> str:
+    """'fork' while this process has one thread: the workers start at once and inherit what is
+    loaded. Forking a process whose other threads may hold locks (polars' and BLAS's pools exist
+    from their import on) can deadlock the child, so otherwise a clean fork server starts them."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            threads = next(int(line.split()[1]) for line in fh if line.startswith("Threads:"))
+    except (OSError, StopIteration, ValueError):
+        threads = 0  # unknown (not Linux): take the safe way
+    methods = multiprocessing.get_all_start_methods()
+    if threads == 1 and "fork" in methods:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def _get(q: Any, proc: Any, shard: int) -> tuple:
+    """The worker's next message; a worker that died or failed is an error, never a hang."""
+    while True:
+        try:
+            msg = q.get(timeout=1.0)
+        except queue.Empty:
+            if not proc.is_alive():
+                raise WorkerError(f"replay worker {shard} exited with code {proc.exitcode}") from None
+            continue
+        if msg[0] == "error":
+            raise WorkerError(f"replay worker {shard} failed: {msg[1]}\n{msg[2]}")
+        return msg
 
 
 def _merge_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -100,34 +201,6 @@ def _merge_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
                 merged[kk] = round(merged.get(kk, 0) + v, 4) if isinstance(v, float) else merged.get(kk, 0) + v
             out[k] = dict(sorted(merged.items()))
     return out
-
-
-def analyse(frames: dict[str, pl.DataFrame], out_dir: str, enrich: Callable[[str, pl.DataFrame], pl.DataFrame],
-            sinks: list[Callable[[str, pl.DataFrame], None]]) -> dict[str, str]:
-    """Enrich, judge and write merged events in event-time slices (DNS first in each slice, as the
-    single-process pipeline does per batch, so DNS answers name the addresses that follow)."""
-    writers = {t: EventWriter(out_dir, t, enriched=True) for t in PACKET_EVENTS}
-    starts = [f["@timestamp"].dt.epoch("ns").to_numpy() for f in frames.values() if f.height]
-    if starts:
-        lo = int(min(s.min() for s in starts))
-        hi = int(max(s.max() for s in starts))
-        edges = np.arange(lo, hi + SLICE_NS, SLICE_NS)
-        cuts = {t: np.searchsorted(f["@timestamp"].dt.epoch("ns").to_numpy(), edges, side="right") if f.height else None
-                for t, f in frames.items()}
-        prev = {t: 0 for t in frames}
-        for i in range(len(edges)):
-            for etype in ("dns", "flow", "tls", "http"):
-                c = cuts[etype]
-                if c is None:
-                    continue
-                end = int(c[i])
-                if end > prev[etype]:
-                    part = enrich(etype, frames[etype].slice(prev[etype], end - prev[etype]))
-                    for sink in sinks:
-                        sink(etype, part)
-                    writers[etype].write(part)
-                    prev[etype] = end
-    return {t: w.close() for t, w in writers.items()}
 
 
 def auto_workers(paths: list[str]) -> int:

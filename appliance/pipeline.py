@@ -53,6 +53,7 @@ class Pipeline:
         enrichers: list[Enricher] | None = None,
         event_sinks: list[Callable[[str, pl.DataFrame], None]] | None = None,
         shard: tuple[int, int] = (0, 1),
+        writer_factory: Callable[[str], Any] | None = None,
     ) -> None:
         self.out_dir = out_dir
         self.flows = FlowTable(flow_limits)
@@ -62,7 +63,8 @@ class Pipeline:
         self.event_sinks = event_sinks or []
         self.counters = Counters()
         enriched = bool(self.enrichers)
-        self.writers = {t: EventWriter(out_dir, t, enriched) for t in PACKET_EVENTS}
+        make = writer_factory or (lambda t: EventWriter(out_dir, t, enriched))
+        self.writers = {t: make(t) for t in PACKET_EVENTS}
         self.enriched = enriched
         self.shard = shard  # (index, count): this pipeline decodes only the flows hashed to `index`
 
@@ -142,8 +144,10 @@ class Pipeline:
         self.flows.finish_all()
         self.deep.sweep(0, final=True)
         self._emit_events()
-        paths = {t: w.close() for t, w in self.writers.items()}
-        return paths
+        return self.close_writers()
+
+    def close_writers(self) -> dict[str, str]:
+        return {t: w.close() for t, w in self.writers.items()}
 
     def run_packets(self, batches: Iterable[PacketBatch], progress: Callable[[PacketBatch], None] | None = None) -> dict[str, str]:
         for b in batches:
@@ -161,6 +165,11 @@ class Pipeline:
         for etype, rows in self.deep.take_rows().items():
             if rows:
                 frames[etype] = _frame_from_rows(etype, rows)
+        self.emit(frames)
+
+    def emit(self, frames: dict[str, pl.DataFrame]) -> None:
+        """Enrich, judge and write one batch's events. The sharded replay's parent calls this with
+        the merged events of its workers' batch, so the order of work is a single process's."""
         # DNS first: its answers name the addresses that later flow and TLS events reach
         for etype in sorted(frames, key=lambda t: t != "dns"):
             frame = frames[etype]

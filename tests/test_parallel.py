@@ -36,6 +36,7 @@ def test_workers_give_the_same_results(tmp_path: Path, inputs: list[str]) -> Non
     one = replay(tmp_path / "one", 1, *inputs)
     two = replay(tmp_path / "two", 2, *inputs)
     assert two["workers"] == 2
+    assert two["workers_started_by"] == "fork"  # the CLI forks before any thread exists
     for key in ("packets", "bytes", "decoded", "flows", "events", "malformed", "flows_by_end_reason", "alerts", "findings"):
         assert one[key] == two[key], key
     for name in ("flows", "tls", "http", "dns"):
@@ -46,3 +47,60 @@ def test_workers_give_the_same_results(tmp_path: Path, inputs: list[str]) -> Non
         a = sorted((tmp_path / "one" / name).read_text().splitlines())
         b = sorted((tmp_path / "two" / name).read_text().splitlines())
         assert a == b, name
+
+
+def _route(out: Path) -> object:
+    from appliance.pipeline import Pipeline
+
+    return Pipeline(str(out), enrichers=[lambda t, f: f])
+
+
+def test_a_failing_worker_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    """A worker that raises (here: on a bad flow-limit argument) is reported with its error."""
+    from appliance.parallel import ShardedReplay, WorkerError
+
+    run = ShardedReplay([str(ROOT / "pcaps" / "demo.pcap")], {"bogus_limit": 1}, 4096, 2).start()
+    with pytest.raises(WorkerError, match="replay worker 0 failed: TypeError: .*bogus_limit"):
+        run.drain(_route(tmp_path))  # type: ignore[arg-type]
+    assert not any(p.is_alive() for p in run.procs)
+
+
+def test_a_worker_that_dies_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    """A worker killed from outside (the OOM killer, say) says so; the other is stopped."""
+    import signal
+
+    from appliance.parallel import ShardedReplay, WorkerError
+
+    run = ShardedReplay([str(ROOT / "pcaps" / "demo.pcap")], {}, 64, 2).start()
+    os.kill(run.procs[1].pid, signal.SIGKILL)
+    with pytest.raises(WorkerError, match="replay worker 1 exited with code -9"):
+        run.drain(_route(tmp_path))  # type: ignore[arg-type]
+    assert not any(p.is_alive() for p in run.procs)
+
+
+def test_the_parent_sees_every_batch_of_every_worker(tmp_path: Path) -> None:
+    """Events reach the parent batch by batch, and the counts match one process's. This process has
+    run polars (threads), so the workers come from a fork server, not a fork of it."""
+    from appliance.parallel import PACKET_EVENTS, ShardedReplay
+    from appliance.pipeline import PACKET_EVENTS as PIPELINE_EVENTS
+    from appliance.pipeline import Pipeline
+    from appliance.sources.pcap import CaptureReader
+
+    assert PACKET_EVENTS == PIPELINE_EVENTS
+
+    path = str(ROOT / "pcaps" / "demo.pcap")
+    one = Pipeline(str(tmp_path / "one"))
+    one.run_packets(CaptureReader([path], batch_size=512).batches())
+    from appliance.parallel import start_method
+
+    assert start_method() == "forkserver"
+    route = _route(tmp_path / "two")
+    calls: list[int] = []
+    emit = route.emit  # type: ignore[attr-defined]
+    route.emit = lambda frames: (calls.append(len(frames)), emit(frames))  # type: ignore[attr-defined]
+    summary, errors, _ = ShardedReplay([path], {}, 512, 2).start().drain(route)  # type: ignore[arg-type]
+    assert not errors
+    batches = -(-one.counters.packets // 512)
+    assert len(calls) == batches + 1  # one call per batch, one for the events left at the end
+    assert summary["events"] == one.summary()["events"]
+    assert summary["packets"] == one.counters.packets and summary["flows"] == one.summary()["flows"]

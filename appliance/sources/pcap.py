@@ -13,7 +13,7 @@ import gzip
 import mmap
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,16 +21,8 @@ import numpy as np
 
 from appliance.errors import InputError
 from appliance.sources.batch import PAD, PacketBatch
+from appliance.sources.files import PCAP_MAGICS, expand_paths, sniff_format  # noqa: F401 - re-exported
 from appliance.sources.recwalk import pcap_records, pcapng_packets
-
-PCAP_MAGICS = {
-    b"\xd4\xc3\xb2\xa1": ("<", 1000),  # little-endian, microseconds
-    b"\xa1\xb2\xc3\xd4": (">", 1000),  # big-endian, microseconds
-    b"\x4d\x3c\xb2\xa1": ("<", 1),  # little-endian, nanoseconds
-    b"\xa1\xb2\x3c\x4d": (">", 1),  # big-endian, nanoseconds
-}
-PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
-GZIP_MAGIC = b"\x1f\x8b"
 
 # A record claiming more than this is not a packet but a corrupt length field: nothing after it can
 # be trusted, so the file is abandoned there (libpcap's own limit is 256 KiB for most link types).
@@ -50,51 +42,6 @@ class ReadStats:
     zero_caplen: int = 0
     errors: list[str] = field(default_factory=list)
     formats: dict[str, str] = field(default_factory=dict)
-
-
-def sniff_format(path: str) -> str | None:
-    """'pcap', 'pcapng', 'pcap+gzip', 'pcapng+gzip' or None when the file is not a capture."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-            if head[:2] == GZIP_MAGIC:
-                fh.seek(0)
-                try:
-                    with gzip.open(fh) as gz:
-                        inner = gz.read(4)
-                except (OSError, EOFError):
-                    return None
-                kind = _kind(inner)
-                return f"{kind}+gzip" if kind else None
-            return _kind(head)
-    except OSError as exc:
-        raise InputError(path, f"cannot open: {exc.strerror or exc}") from None
-
-
-def _kind(head: bytes) -> str | None:
-    if head in PCAP_MAGICS:
-        return "pcap"
-    if head == PCAPNG_MAGIC:
-        return "pcapng"
-    return None
-
-
-def expand_paths(paths: Iterable[str]) -> list[str]:
-    """Files as given, and every capture file (by magic) below each directory, sorted."""
-    out: list[str] = []
-    for p in paths:
-        if os.path.isdir(p):
-            for root, dirs, files in os.walk(p):
-                dirs.sort()
-                for name in sorted(files):
-                    full = os.path.join(root, name)
-                    if sniff_format(full):
-                        out.append(full)
-        elif os.path.exists(p):
-            out.append(p)
-        else:
-            raise InputError(p, "no such file or directory")
-    return out
 
 
 class _Reader:
