@@ -9,13 +9,19 @@ runs `detect_relays`, and scores the findings against truth.json (issue 5 "Evalu
 
 Targets: precision >= 0.95 and recall >= 0.9 on hard, no decoy flagged at any level.
 
+With --events DIR it times the detector instead: it feeds a replay's events/*.parquet (e.g. of
+bench/data/mixed-1m.pcap, ~100 candidates) and reports the median of --repeat runs of building the
+candidates, measuring them, and the whole `findings()`.
+
     .venv/bin/python bench/relay_bench.py [--seeds 5] [--difficulties easy,medium,hard] [--json]
+    .venv/bin/python bench/relay_bench.py --events /tmp/out/events [--repeat 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -25,7 +31,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from appliance.detect.relay import RelayDetector  # noqa: E402
+import polars as pl  # noqa: E402
+
+from appliance.detect.relay import RelayDetector, candidates, evidence  # noqa: E402
 from appliance.enrich.catalog import Catalogs  # noqa: E402
 from appliance.enrich.geoip import GeoIP  # noqa: E402
 from appliance.simulate.cli import generate  # noqa: E402
@@ -68,13 +76,43 @@ def run_one(scenario: str, difficulty: str, seed: int, tmp: str) -> dict[str, An
     }
 
 
+def time_events(events_dir: Path, repeat: int) -> dict[str, Any]:
+    """Median seconds of each detection step over a replay's events (state already compacted)."""
+    files = {"flow": "flows", "tls": "tls", "http": "http", "dns": "dns"}
+    det = RelayDetector()
+    for etype, name in files.items():
+        path = events_dir / f"{name}.parquet"
+        if path.exists():
+            frame = pl.read_parquet(path)
+            for i in range(0, frame.height, 65536):  # the replay's batch size
+                det.add(etype, frame.slice(i, 65536))
+    det.findings()  # first call compacts the buffered batches
+    steps: dict[str, list[float]] = {"build_s": [], "measure_s": [], "findings_s": []}
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        cands = candidates.build(det.store, det.window_ns)
+        t1 = time.perf_counter()
+        evidence.measure_all(cands, det.window_ns, det.restricted)
+        t2 = time.perf_counter()
+        det.findings()
+        t3 = time.perf_counter()
+        for k, v in zip(steps, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            steps[k].append(v)
+    return {"candidates": det.candidates, "repeat": repeat, **{k: round(statistics.median(v), 4) for k, v in steps.items()}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--difficulties", default="easy,medium,hard")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--verbose", action="store_true", help="print every candidate's score")
+    ap.add_argument("--events", type=Path, metavar="DIR", help="time the detector on a replay's events/ folder instead")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per timing with --events (median reported)")
     args = ap.parse_args()
+    if args.events:
+        print(json.dumps(time_events(args.events, args.repeat)))
+        return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         for diff in args.difficulties.split(","):

@@ -1,9 +1,10 @@
 """Relay candidates: hosts that call a catalogued model API and also accept flows from other hosts.
 
-Stage: detect. Input is the detector's bounded tables (state.py); output is one `HostView` per
-candidate with just its rows, for evidence.py to measure. Issue 5 "Candidates": outbound flows to
-catalogued AI endpoints (enrichment's `destination.service`: SNI, HTTP Host, DNS-learned address or
-published range) plus inbound flows from other hosts.
+Stage: detect. Input is the detector's bounded tables (state.py); output is `Candidates`: the
+candidate addresses and each table's rows of all candidates at once, every row labelled with the
+candidate it belongs to, so evidence.py measures them all with whole-frame group-bys. Issue 5
+"Candidates": outbound flows to catalogued AI endpoints (enrichment's `destination.service`: SNI,
+HTTP Host, DNS-learned address or published range) plus inbound flows from other hosts.
 
 A dual-stack relay answers clients on an IPv6 address and calls the API from its IPv4 one, so the
 IPv6 address never has an upstream leg of its own. Such inbound-only addresses are folded into a
@@ -14,7 +15,7 @@ upstream opening of that one candidate (one sorted pass over all openings, not p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -33,19 +34,22 @@ SHORT_UPSTREAM_NS = 30_000_000_000
 
 
 @dataclass
-class HostView:
-    """One candidate's rows, aliases folded in."""
+class Candidates:
+    """Every candidate's rows, aliases folded in. Each frame has `cand` (UInt32 index into `ips`) and
+    `cand_ip` (the candidate's own address) on every row, rows in the store's (time) order; None when
+    the table is empty or no row belongs to a candidate."""
 
-    ip: str
-    aliases: dict[str, str] = field(default_factory=dict)  # alias address -> why it was folded in
-    up: pl.DataFrame | None = None  # its flows to model APIs
-    inbound: pl.DataFrame | None = None  # flows other hosts opened to it (or an alias)
-    tls_in: pl.DataFrame | None = None  # ClientHellos sent to it
-    tls_up: pl.DataFrame | None = None  # its ClientHellos to model APIs
-    http_in: pl.DataFrame | None = None  # plaintext requests sent to it
+    ips: list[str]  # address order
+    aliases: list[dict[str, str]]  # per candidate: alias address -> why it was folded in
+    up: pl.DataFrame | None = None  # their flows to model APIs
+    inbound: pl.DataFrame | None = None  # flows other hosts opened to them (or an alias)
+    tls_in: pl.DataFrame | None = None  # ClientHellos sent to them
+    tls_up: pl.DataFrame | None = None  # their ClientHellos to model APIs
+    http_in: pl.DataFrame | None = None  # plaintext requests sent to them
 
 
-def _api_shaped(http: pl.DataFrame) -> pl.Expr:
+def api_shaped() -> pl.Expr:
+    """True for requests with a model-API path or an API-key credential (issue 5 "API-shaped")."""
     return (pl.col("path").fill_null("").str.contains(API_PATH_RX)
             | pl.col("key_format").fill_null("").str.contains(API_KEY_RX))
 
@@ -59,7 +63,9 @@ def _alias_by_sni(tls_in: pl.DataFrame | None, cands: set[str], up_hosts: set[st
     if cand_names.height == 0:
         return {}
     others = named.filter(~pl.col("dst").is_in(list(up_hosts))).select("dst", "sni").unique()
-    pairs = others.join(cand_names.rename({"dst": "cand"}), on="sni").sort(["dst", "n", "cand"], descending=[False, True, False])
+    # sni breaks the last ties, so an alias's note names the same server name on every run.
+    pairs = others.join(cand_names.rename({"dst": "cand"}), on="sni").sort(["dst", "n", "cand", "sni"],
+                                                                         descending=[False, True, False, False])
     out: dict[str, tuple[str, str]] = {}
     for dst, cand, sni in pairs.select("dst", "cand", "sni").iter_rows():
         out.setdefault(dst, (cand, f"inbound TLS names {sni}, as {cand}'s does"))
@@ -70,7 +76,7 @@ def _alias_by_timing(http_in: pl.DataFrame | None, up: pl.DataFrame, cands: list
                      window_ns: int) -> dict[str, tuple[str, str]]:
     if http_in is None or not cands:
         return {}
-    reqs = http_in.filter(~pl.col("dst").is_in(list(up_hosts)) & _api_shaped(http_in)).select("dst", "t")
+    reqs = http_in.filter(~pl.col("dst").is_in(list(up_hosts)) & api_shaped()).select("dst", "t")
     short = up.filter(pl.col("src").is_in(cands) & ((pl.col("t1") - pl.col("t0")) < SHORT_UPSTREAM_NS))
     if reqs.height == 0 or short.height == 0:
         return {}
@@ -99,42 +105,39 @@ def _alias_by_timing(http_in: pl.DataFrame | None, up: pl.DataFrame, cands: list
     return out
 
 
-def _rows(frame: pl.DataFrame | None, key: str, owner: dict[str, str]) -> dict[str, pl.DataFrame]:
+def _rows(frame: pl.DataFrame | None, key: str, owner: dict[str, str], index: dict[str, int]) -> pl.DataFrame | None:
+    """The rows whose `key` address belongs to a candidate, labelled with it, in table order (the
+    order a client's first-seen country and the byte-series sums follow)."""
     if frame is None or frame.height == 0:
-        return {}
-    mapping = pl.DataFrame({key: list(owner), "_cand": list(owner.values())}, schema={key: pl.Utf8, "_cand": pl.Utf8})
-    sub = frame.join(mapping, on=key, how="inner")
-    return {str(k[0]): v.drop("_cand") for k, v in sub.partition_by("_cand", as_dict=True, maintain_order=True).items()}
+        return None
+    mapping = pl.DataFrame({key: list(owner), "cand": [index[c] for c in owner.values()], "cand_ip": list(owner.values())},
+                           schema={key: pl.Utf8, "cand": pl.UInt32, "cand_ip": pl.Utf8})
+    sub = frame.join(mapping, on=key, how="inner", maintain_order="left")
+    return sub if sub.height else None
 
 
-def build(store: Store, window_ns: int) -> list[HostView]:
-    """Candidates in address order, each with its rows and aliases."""
+def build(store: Store, window_ns: int) -> Candidates:
+    """Candidates in address order, with their rows and aliases."""
     up = store.table("flow_up")
     flow_in = store.table("flow_in")
     if up is None or flow_in is None or up.height == 0:
-        return []
+        return Candidates([], [])
     flow_in = flow_in.filter(pl.col("src") != pl.col("dst"))
     up_hosts = set(up.get_column("src").drop_nulls().to_list())
     in_hosts = set(flow_in.get_column("dst").drop_nulls().to_list())
     cands = sorted(up_hosts & in_hosts)
     if not cands:
-        return []
+        return Candidates([], [])
     tls_in, http_in = store.table("tls_in"), store.table("http_in")
     aliases = _alias_by_sni(tls_in, set(cands), up_hosts)
     for dst, why in _alias_by_timing(http_in, up, cands, up_hosts, window_ns).items():
         aliases.setdefault(dst, why)
-    owner = {c: c for c in cands} | {a: c for a, (c, _) in sorted(aliases.items())}
-    parts = {
-        "up": _rows(up, "src", {c: c for c in cands}),
-        "inbound": _rows(flow_in, "dst", owner),
-        "tls_in": _rows(tls_in, "dst", owner),
-        "tls_up": _rows(store.table("tls_up"), "src", {c: c for c in cands}),
-        "http_in": _rows(http_in, "dst", owner),
-    }
-    views = []
-    for c in cands:
-        v = HostView(c, {a: why for a, (o, why) in sorted(aliases.items()) if o == c})
-        v.up, v.inbound, v.tls_in = parts["up"].get(c), parts["inbound"].get(c), parts["tls_in"].get(c)
-        v.tls_up, v.http_in = parts["tls_up"].get(c), parts["http_in"].get(c)
-        views.append(v)
-    return views
+    index = {c: i for i, c in enumerate(cands)}
+    own = {c: c for c in cands}
+    owner = own | {a: c for a, (c, _) in sorted(aliases.items())}
+    per_cand: list[dict[str, str]] = [{} for _ in cands]
+    for a, (c, note) in sorted(aliases.items()):
+        per_cand[index[c]][a] = note
+    return Candidates(cands, per_cand, up=_rows(up, "src", own, index), inbound=_rows(flow_in, "dst", owner, index),
+                      tls_in=_rows(tls_in, "dst", owner, index), tls_up=_rows(store.table("tls_up"), "src", own, index),
+                      http_in=_rows(http_in, "dst", owner, index))

@@ -4,7 +4,7 @@ Stage: detect. The pipeline calls `add(event_type, frame)` with every enriched e
 batch (flow, tls, http, dns; others are ignored) and `findings()` once at the end of input, which
 it writes to findings.jsonl. Replay and live capture feed the same calls, so both modes give the
 same findings for the same packets (ARCHITECTURE.md "Everything is a batch"). Work per batch is a
-polars projection; the correlation runs once, per candidate, in `findings()`.
+polars projection; the correlation runs once, over all candidates together, in `findings()`.
 
     candidates.py → evidence.py → score.py → findings.py, over state.py's bounded tables.
 """
@@ -61,9 +61,9 @@ class RelayDetector:
 
     def measures(self) -> list[evidence.Measures]:
         """Measured evidence of every candidate, in address order."""
-        views = candidates.build(self.store, self.window_ns)
-        self.candidates = len(views)
-        return [evidence.measure(v, self.window_ns, self.restricted) for v in views]
+        cands = candidates.build(self.store, self.window_ns)
+        self.candidates = len(cands.ips)
+        return evidence.measure_all(cands, self.window_ns, self.restricted)
 
     def findings(self) -> list[dict[str, Any]]:
         """relay_host findings scoring at least `min_score`, highest score first, then by subject."""
