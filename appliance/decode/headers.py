@@ -167,7 +167,37 @@ def _link_layer(b: PacketBatch, g: _Gather) -> tuple[np.ndarray, np.ndarray, np.
     return l3, etype, vlan_outer, vlan_inner, short
 
 
+_COLUMNS = (  # Headers' fields in _headers.c's argument order, with their dtypes
+    ("reason", np.uint8), ("ipver", np.uint8), ("fragment", np.bool_), ("snap_cut", np.bool_),
+    ("vlan_outer", np.int32), ("vlan_inner", np.int32), ("proto", np.uint8), ("ip_bytes", np.int32),
+    ("src_hi", np.uint64), ("src_lo", np.uint64), ("dst_hi", np.uint64), ("dst_lo", np.uint64),
+    ("sport", np.int32), ("dport", np.int32), ("icmp_oneway", np.bool_), ("tcp_flags", np.uint8),
+    ("seq", np.uint32), ("payload_off", np.int64), ("payload_len", np.int32), ("payload_cap", np.int32),
+)
+
+try:
+    from appliance.decode import _headers  # type: ignore[attr-defined]
+
+    assert _headers.out_names() == tuple(name for name, _ in _COLUMNS)
+except ImportError:  # built without a C compiler: the numpy decoder below does the same work
+    _headers = None
+
+COMPILED = _headers is not None
+
+
 def decode_headers(b: PacketBatch) -> Headers:
+    """Headers of every packet in the batch: by _headers.c (one pass per packet, ~15x faster)
+    when it was built, else by the numpy decoder below, which defines the rules."""
+    if _headers is None or len(b.data) < 17:
+        return decode_headers_numpy(b)
+    n = len(b)
+    cols = {name: np.empty(n, dtype) for name, dtype in _COLUMNS}
+    _headers.decode(b.data, np.ascontiguousarray(b.offsets, np.int64), np.ascontiguousarray(b.caplen, np.int32),
+                    np.ascontiguousarray(b.wirelen, np.int32), np.ascontiguousarray(b.linktype, np.int32), *cols.values())
+    return Headers(**cols)
+
+
+def decode_headers_numpy(b: PacketBatch) -> Headers:
     n = len(b)
     g = _Gather(b.data)
     base = b.offsets

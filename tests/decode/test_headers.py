@@ -6,12 +6,24 @@ import ipaddress
 import struct
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.decode.headers import REASONS, decode_headers
 from appliance.simulate.packets import Path
 from appliance.testing.packets import batch_from_frames
+
+
+@pytest.fixture(autouse=True, params=["compiled", "numpy"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs against both decoders: _headers.c and the numpy reference."""
+    from appliance.decode import headers
+
+    if request.param == "numpy":
+        monkeypatch.setattr(headers, "_headers", None)
+    return str(request.param)
+
 
 TCP_SYN = Path("192.0.2.1", "198.51.100.2", 40000, 443).tcp(1000, 0, 0x02)
 IP_PACKET = TCP_SYN[14:]  # the IPv4 packet inside the Ethernet frame
