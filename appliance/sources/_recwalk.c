@@ -16,24 +16,29 @@ static inline uint32_t rd32(const unsigned char *p, int big) {
                : ((uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0]);
 }
 
-/* pcap_records(buf, pos, big_endian, max_caplen, out) -> (count, next_pos, absurd)
+/* pcap_records(buf, pos, big_endian, max_caplen, out, fields) -> (count, next_pos, absurd)
  * Writes the start of each complete record from `pos` into `out` (a writable int64 buffer) until
- * `out` is full or the next record is incomplete. absurd=1 when it stopped at a record whose
- * caplen exceeds max_caplen (next_pos is that record's start). */
+ * `out` is full or the next record is incomplete, and the record's four header fields (seconds,
+ * fraction, captured and original length) into `fields` (int64, 4 per record): reading them here,
+ * while the header is in cache, saves a second pass over the file's memory. absurd=1 when it
+ * stopped at a record whose caplen exceeds max_caplen (next_pos is that record's start). */
 static PyObject *pcap_records(PyObject *self, PyObject *args) {
-    Py_buffer buf, out;
+    Py_buffer buf, out, fields;
     Py_ssize_t pos;
     int big;
     unsigned long max_caplen;
-    if (!PyArg_ParseTuple(args, "y*nikw*", &buf, &pos, &big, &max_caplen, &out))
+    if (!PyArg_ParseTuple(args, "y*nikw*w*", &buf, &pos, &big, &max_caplen, &out, &fields))
         return NULL;
     const unsigned char *p = (const unsigned char *)buf.buf;
     Py_ssize_t end = buf.len, cap = out.len / 8, n = 0;
-    int64_t *o = (int64_t *)out.buf;
+    if (fields.len / 32 < cap)
+        cap = fields.len / 32;
+    int64_t *o = (int64_t *)out.buf, *f = (int64_t *)fields.buf;
     int absurd = 0;
     Py_BEGIN_ALLOW_THREADS
     while (n < cap && pos >= 0 && pos + 16 <= end) {
-        uint32_t caplen = rd32(p + pos + 8, big);
+        const unsigned char *h = p + pos;
+        uint32_t caplen = rd32(h + 8, big);
         if (caplen > max_caplen) {
             absurd = 1;
             break;
@@ -41,12 +46,19 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
         Py_ssize_t nxt = pos + 16 + (Py_ssize_t)caplen;
         if (nxt > end)
             break;
-        o[n++] = pos;
+        __builtin_prefetch(h + 4096); /* records are dense: pull the memory ahead of the walk */
+        o[n] = pos;
+        f[4 * n] = rd32(h, big);
+        f[4 * n + 1] = rd32(h + 4, big);
+        f[4 * n + 2] = caplen;
+        f[4 * n + 3] = rd32(h + 12, big);
+        n++;
         pos = nxt;
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&buf);
     PyBuffer_Release(&out);
+    PyBuffer_Release(&fields);
     return Py_BuildValue("nni", n, pos, absurd);
 }
 

@@ -114,13 +114,14 @@ class _Reader:
         snaplen, linktype = struct.unpack_from(endian + "II", self.buf, 16)
         linktype &= 0x0FFFFFFF  # upper bits carry FCS info (pcap-savefile(5))
         self.pos = 24
-        hdr_dtype = np.dtype([("sec", endian + "u4"), ("frac", endian + "u4"), ("incl", endian + "u4"), ("orig", endian + "u4")])
         while True:
             self._fill(CHUNK_BYTES // 2)
             buf = self.buf
-            starts, pos, absurd = pcap_records(buf, self.pos, endian == ">", MAX_CAPLEN, self.batch_size)
+            starts, fields, pos, absurd = pcap_records(buf, self.pos, endian == ">", MAX_CAPLEN, self.batch_size)
             if len(starts):
-                yield self._pcap_batch(buf, starts, hdr_dtype, ts_mult, linktype)
+                ts = fields[:, 0] * 1_000_000_000 + fields[:, 1] * ts_mult
+                yield self._make_batch(self._raw(buf), starts + 16, fields[:, 2].astype(np.int32),
+                                       fields[:, 3].astype(np.int32), ts, np.full(len(starts), linktype, np.int32))
             self.pos = pos
             if absurd:
                 incl = struct.unpack_from(endian + "I", buf, pos + 8)[0]
@@ -131,14 +132,6 @@ class _Reader:
                         self.path, f"truncated packet record ({len(self.buf) - self.pos} trailing bytes)", self.base + self.pos
                     )
                 return
-
-    def _pcap_batch(self, buf: Any, pos: np.ndarray, hdr_dtype: np.dtype, ts_mult: int, linktype: int) -> PacketBatch:
-        raw = self._raw(buf)
-        # gather the 16-byte record headers of all packets at once
-        hdr = raw[pos[:, None] + np.arange(16)].view(hdr_dtype).reshape(-1)
-        caplen = hdr["incl"].astype(np.int32)
-        ts = hdr["sec"].astype(np.int64) * 1_000_000_000 + hdr["frac"].astype(np.int64) * ts_mult
-        return self._make_batch(raw, pos + 16, caplen, hdr["orig"].astype(np.int32), ts, np.full(len(pos), linktype, np.int32))
 
     def _raw(self, buf: Any) -> np.ndarray:
         return self.mapped if self.mapped is not None and buf is self.buf else np.frombuffer(buf, np.uint8)

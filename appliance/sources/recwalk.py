@@ -21,15 +21,29 @@ except ImportError:  # built without a C compiler: the Python walk below is used
 COMPILED = _recwalk is not None
 
 
-def pcap_records(buf: Any, pos: int, big_endian: bool, max_caplen: int, limit: int) -> tuple[np.ndarray, int, bool]:
-    """Starts of up to `limit` complete pcap records from `pos`; the position after the last one;
-    and whether the walk stopped at a record claiming more than `max_caplen` bytes (then the
-    returned position is that record's)."""
+def pcap_records(buf: Any, pos: int, big_endian: bool, max_caplen: int, limit: int
+                 ) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    """Starts of up to `limit` complete pcap records from `pos`, and their header fields (an
+    (n, 4) int64 array: seconds, fraction, captured and original length); the position after the
+    last one; and whether the walk stopped at a record claiming more than `max_caplen` bytes (then
+    the returned position is that record's)."""
+    if _recwalk is None:
+        return pcap_records_py(buf, pos, big_endian, max_caplen, limit)
     out = np.empty(limit, np.int64)
-    if _recwalk is not None:
-        n, nxt, absurd = _recwalk.pcap_records(buf, pos, int(big_endian), max_caplen, out)
-        return out[:n], nxt, bool(absurd)
-    return _pcap_records_py(buf, pos, big_endian, max_caplen, out)
+    fields = np.empty((limit, 4), np.int64)
+    n, nxt, absurd = _recwalk.pcap_records(buf, pos, int(big_endian), max_caplen, out, fields)
+    return out[:n], fields[:n], nxt, bool(absurd)
+
+
+def pcap_records_py(buf: Any, pos: int, big_endian: bool, max_caplen: int, limit: int
+                    ) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    """pcap_records in Python: the reference the compiled walk is tested against."""
+    starts, nxt, absurd = _pcap_records_py(buf, pos, big_endian, max_caplen, np.empty(limit, np.int64))
+    fields = np.zeros((0, 4), np.int64)
+    if len(starts):
+        raw = np.frombuffer(buf, np.uint8)
+        fields = raw[starts[:, None] + np.arange(16)].view(">u4" if big_endian else "<u4").astype(np.int64)
+    return starts, fields, nxt, absurd
 
 
 def pcapng_packets(buf: Any, pos: int, big_endian: bool, max_block: int, limit: int) -> tuple[np.ndarray, int]:
