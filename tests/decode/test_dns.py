@@ -158,6 +158,19 @@ def test_answer_chain_with_compression() -> None:
     assert f["_malformed"] is None
 
 
+def test_messages_differing_only_in_id_parse_alike_and_keep_their_own_id() -> None:
+    """The parse cache keys on everything after the ID: the ID itself must come from each message,
+    and a caller changing its result must not change the next one."""
+    msg = _msg(0x8180, Q, [_rr(PTR_Q, 1, bytes([104, 18, 7, 192]))])
+    first = parse_message(msg)
+    first["dns.question.name"] = "changed.example"
+    second = parse_message(b"\xbe\xef" + msg[2:])
+    assert second["dns.id"] == 0xBEEF and first["dns.id"] == 0x1234
+    assert second["dns.question.name"] == "api.openai.com" and second["dns.answers.data"] == ["104.18.7.192"]
+    other = parse_message(msg[:2] + bytes([0x81, 0x83]) + msg[4:])  # one header bit apart: NXDOMAIN
+    assert other["dns.response_code"] == "NXDOMAIN" and second["dns.response_code"] == "NOERROR"
+
+
 @pytest.mark.parametrize("rcode, name", [(0, "NOERROR"), (3, "NXDOMAIN"), (2, "SERVFAIL"), (5, "REFUSED"),
                                          (14, "RCODE14")])
 def test_response_codes(rcode: int, name: str) -> None:
