@@ -163,10 +163,10 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
     started = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
     if sharded is not None:
-        decode_summary, paths_out = _run_sharded(sharded, out_dir, limits, enricher(geo, cats), detect, reader, show)
+        decode_summary, closing = _run_sharded(sharded, out_dir, limits, enricher(geo, cats), detect, reader, show)
     else:
         pipeline = Pipeline(out_dir, limits, enrichers=[enricher(geo, cats)], event_sinks=[detect.on_events])
-        paths_out = _run_with_progress(pipeline, reader, show)
+        closing = _done(_run_with_progress(pipeline, reader, show))
         decode_summary = pipeline.summary()
     t_meta = time.perf_counter()
     metadata = ingest_metadata(out_dir, geo, requests_paths, accounts_paths, mapping, detect.on_events)
@@ -177,6 +177,7 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
     findings_out.write_many(findings)
     findings_out.close()
     detection = detect.stats(findings)
+    paths_out = closing.result()
     elapsed = time.perf_counter() - started
     decode_summary["timings_s"]["metadata"] = round(t_finish - t_meta, 4)
     decode_summary["timings_s"]["findings"] = round(time.perf_counter() - t_finish, 4)
@@ -221,9 +222,10 @@ def _positive_int(text: str, name: str) -> int:
 
 
 def _run_sharded(sharded: Any, out_dir: str, limits: Any, enrich: Any, detect: Any, reader: Any, show: bool
-                 ) -> tuple[dict[str, Any], dict[str, str]]:
+                 ) -> tuple[dict[str, Any], Any]:
     """This process enriches and judges each batch's merged events while the workers decode the
-    next (appliance/parallel.py)."""
+    next (appliance/parallel.py). The event files are written by a thread (polars releases the GIL)
+    while findings are made: a future of their paths is returned."""
     from appliance.pipeline import Pipeline
 
     route = Pipeline(out_dir, limits, enrichers=[enrich], event_sinks=[detect.on_events])
@@ -239,9 +241,22 @@ def _run_sharded(sharded: Any, out_dir: str, limits: Any, enrich: Any, detect: A
         summary, errors, formats = sharded.drain(route)
     reader.stats.errors.extend(errors)
     reader.stats.formats.update(formats)
-    paths = route.close_writers()
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1)
+    closing = pool.submit(route.close_writers)
+    pool.shutdown(wait=False)  # the thread finishes its one job; closing.result() waits for it
     summary["timings_s"]["decode_wall"] = round(time.perf_counter() - t0, 4)
-    return summary, paths
+    return summary, closing
+
+
+def _done(value: Any) -> Any:
+    """A finished future holding `value`."""
+    from concurrent.futures import Future
+
+    future: Future[Any] = Future()
+    future.set_result(value)
+    return future
 
 
 def enricher(geo: Any, cats: Any) -> Any:

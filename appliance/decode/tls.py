@@ -51,8 +51,16 @@ _TLS_VERSION_NAME = {0x0304: "1.3", 0x0303: "1.2", 0x0302: "1.1", 0x0301: "1.0",
                      0x0002: "ssl2"}
 _EMPTY_HASH = "000000000000"
 _ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-# 4-hex-digit strings for every 16-bit value, built once: avoids a format call per list item.
-_HEX4 = tuple(f"{i:04x}" for i in range(1 << 16))
+class _Hex4(dict[int, str]):
+    """4-hex-digit strings of 16-bit values, each formatted once when first seen: a lookup instead
+    of a format call per list item, without building all 65,536 at import (25 ms per process)."""
+
+    def __missing__(self, value: int) -> str:
+        text = self[value] = f"{value:04x}"
+        return text
+
+
+_HEX4 = _Hex4()
 
 
 # RFC 8701 GREASE values: 0x0a0a, 0x1a1a, ... 0xfafa (both bytes equal, low nibbles 0xa).
