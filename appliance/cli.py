@@ -93,7 +93,7 @@ def cli(ctx: click.Context, verbose: int, json_logs: bool, show_traceback: bool)
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
-@click.option("--batch-packets", type=int, help="Packets per batch (default from config: 65536).")
+@click.option("--batch-packets", type=int, help="Packets per batch (default from config: 131072).")
 @click.option("--max-flows", type=int, help="Most live flows kept before eviction.")
 @click.option("--workers", default="auto", show_default=True,
               help="Decoding processes (flows are sharded by a symmetric hash); auto = 2 for inputs >= 64 MB.")

