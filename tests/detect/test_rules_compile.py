@@ -16,9 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.detect.rules import compile as compile_mod
-from appliance.detect.rules.compile import CompiledRules, _locate, build
+from appliance.detect.rules.compile import CompiledRules, _locate
 from appliance.detect.rules.loader import Loc
 from appliance.detect.rules.model import FieldMatch, Rule, Selection
+from appliance.detect.rules.testing import plain_match
 
 LOC = Loc("t.yml", 1, 1)
 TEXT = st.text(alphabet="aAbB./*?-x1", max_size=5)
@@ -67,11 +68,7 @@ def rules(draw: Any) -> list[Rule]:
     return out
 
 
-def _plain(m: FieldMatch) -> pl.Expr:
-    """The straightforward expression: on every row, any list element for list columns."""
-    if m.field == "dns.answers.data":
-        return pl.col(m.field).list.eval(build(m, pl.element())).list.any().fill_null(False)
-    return build(m, pl.col(m.field))
+_plain = plain_match
 
 
 def _expected(rule: Rule, frame: pl.DataFrame) -> list[int]:

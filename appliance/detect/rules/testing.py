@@ -18,7 +18,7 @@ from appliance.detect.rules.engine import DATA_DIRS, RuleEngine
 from appliance.detect.rules.fields import field_types
 from appliance.detect.rules.lists import load_lists
 from appliance.detect.rules.loader import Loc
-from appliance.detect.rules.model import Correlation, Rule, RuleDiagnostic, RuleSet, TestCase
+from appliance.detect.rules.model import Correlation, FieldMatch, Rule, RuleDiagnostic, RuleSet, TestCase
 from appliance.detect.rules.parse import parse_paths
 
 _BASE = datetime(2024, 1, 1, tzinfo=UTC)
@@ -55,6 +55,16 @@ class TestReport:
     @property
     def ok(self) -> bool:
         return not self.diagnostics and not self.failed
+
+
+def plain_match(m: FieldMatch) -> pl.Expr:
+    """The straightforward expression of one field match, on every row (any element for list
+    columns): the reference the compiled matcher's shortcuts are tested against."""
+    from appliance.detect.rules.compile import build
+
+    if m.field == "dns.answers.data":
+        return pl.col(m.field).list.eval(build(m, pl.element())).list.any().fill_null(False)
+    return build(m, pl.col(m.field))
 
 
 def _to_time(v: Any) -> datetime | None:

@@ -15,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.detect.rules import compile as compile_mod
-from appliance.detect.rules.compile import CompiledRules, build
+from appliance.detect.rules.compile import CompiledRules
 from appliance.detect.rules.loader import Loc
 from appliance.detect.rules.model import FieldMatch, Rule, Selection
+from appliance.detect.rules.testing import plain_match
 
 LOC = Loc("t.yml", 1, 1)
 NAMES = ["api.openai.com", "API.anthropic.com", "cdn.example.org", "\u212aelvin.example", "a", "",
@@ -80,10 +81,7 @@ def rules(draw: Any) -> list[Rule]:
     return out
 
 
-def _plain(m: FieldMatch) -> pl.Expr:
-    if m.field == "dns.answers.data":
-        return pl.col(m.field).list.eval(build(m, pl.element())).list.any().fill_null(False)
-    return build(m, pl.col(m.field))
+_plain = plain_match
 
 
 def _expected(rule: Rule, frame: pl.DataFrame) -> list[int]:
