@@ -209,6 +209,8 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
         click.echo(f"appliance: error: {err}", err=True)
     if reader.stats.errors:
         sys.exit(ExitStatus.PARTIAL_INPUT)
+    global _REPLAY_DONE
+    _REPLAY_DONE = True
 
 
 def _positive_int(text: str, name: str) -> int:
@@ -359,12 +361,28 @@ def config_check(path: str) -> None:
     click.echo(f"{path}: ok")
 
 
+_REPLAY_DONE = False  # set when a replay has written and closed every output
+
+
+def _exit_now() -> None:
+    """End the process without the interpreter's teardown: freeing every module and frame of a
+    replay took ~0.1 s (4 % of a 1M-packet run) after all output was written and closed. Only
+    after a successful replay from the console (the daemon and other commands exit normally);
+    logs and streams are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(ExitStatus.OK)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the click group and turns errors into exit codes."""
     args = sys.argv[1:] if argv is None else argv
     show_tb = "--traceback" in args
     try:
         cli.main(args=args, prog_name="appliance", standalone_mode=False)
+        if argv is None and _REPLAY_DONE:
+            _exit_now()
     except click.exceptions.Abort:
         click.echo("appliance: aborted", err=True)
         sys.exit(ExitStatus.ERROR)
