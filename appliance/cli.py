@@ -188,6 +188,7 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
         "metadata": metadata,
         **detection,
         "geoip": geo.kinds,
+        "compiled_kernels": _kernels(),
         "elapsed_s": round(elapsed, 3),
         "packets_per_s": round(decode_summary["packets"] / elapsed) if elapsed > 0 else None,
         "outputs": paths_out,
@@ -211,6 +212,14 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
         sys.exit(ExitStatus.PARTIAL_INPUT)
     global _REPLAY_DONE
     _REPLAY_DONE = True
+
+
+def _kernels() -> dict[str, bool]:
+    """Which compiled kernels this process used (False: their Python twins ran)."""
+    from appliance.decode import headers
+    from appliance.sources import recwalk
+
+    return {"record_walk": recwalk._recwalk is not None, "headers": headers._headers is not None}
 
 
 def _positive_int(text: str, name: str) -> int:

@@ -8,6 +8,7 @@ its reference and fallback, and the tests hold both to identical results.
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import Any
 
@@ -17,8 +18,9 @@ try:
     from appliance.sources import _recwalk  # type: ignore[attr-defined]
 except ImportError:  # built without a C compiler: the Python walk below is used instead
     _recwalk = None
-
-COMPILED = _recwalk is not None
+COMPILED = _recwalk is not None  # built (the tests check that it is, where a compiler exists)
+if os.environ.get("APPLIANCE_NO_COMPILED"):  # operators can rule the compiled kernels out
+    _recwalk = None
 
 
 def pcap_records(buf: Any, pos: int, big_endian: bool, max_caplen: int, limit: int
