@@ -48,7 +48,9 @@ class _Reader:
     """Reads one file, yielding batches of at most `batch_size` packets.
 
     A plain file is memory-mapped whole: the record walk reads it in place, and batches point into
-    the map instead of copying packet bytes. A gzip file is decompressed in chunks instead."""
+    the map instead of copying packet bytes. A gzip file is decompressed in chunks instead. A file
+    cut shorter while it is being replayed ends the process (SIGBUS, as for any mapped file):
+    replay a finished capture or a copy, not one a capture tool is still rewriting."""
 
     def __init__(self, path: str, file_index: int, batch_size: int, stats: ReadStats, index_only: bool = False) -> None:
         self.path = path
