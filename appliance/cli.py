@@ -219,7 +219,7 @@ def _kernels() -> dict[str, bool]:
     from appliance.decode import headers
     from appliance.sources import recwalk
 
-    return {"record_walk": recwalk._recwalk is not None, "headers": headers._headers is not None}
+    return {"record_walk": recwalk.IN_USE, "headers": headers.IN_USE}
 
 
 def _positive_int(text: str, name: str) -> int:

@@ -185,6 +185,7 @@ except ImportError:  # built without a C compiler: the numpy decoder below does 
 COMPILED = _headers is not None  # built (the tests check that it is, where a compiler exists)
 if os.environ.get("APPLIANCE_NO_COMPILED"):  # operators can rule the compiled kernels out
     _headers = None
+IN_USE = _headers is not None  # what summary.json reports as compiled_kernels
 
 
 def decode_headers(b: PacketBatch) -> Headers:

@@ -29,7 +29,6 @@ from appliance.sources.recwalk import pcap_records, pcapng_packets
 MAX_CAPLEN = 262144 * 4
 MAX_BLOCK = MAX_CAPLEN + 4096  # a pcapng block longer than this has a corrupt length field
 CHUNK_BYTES = 32 << 20
-_NO_DATA = np.zeros(PAD, np.uint8)
 
 
 @dataclass
@@ -52,9 +51,8 @@ class _Reader:
     cut shorter while it is being replayed ends the process (SIGBUS, as for any mapped file):
     replay a finished capture or a copy, not one a capture tool is still rewriting."""
 
-    def __init__(self, path: str, file_index: int, batch_size: int, stats: ReadStats, index_only: bool = False) -> None:
+    def __init__(self, path: str, file_index: int, batch_size: int, stats: ReadStats) -> None:
         self.path = path
-        self.index_only = index_only  # batches carry file offsets and no bytes (see CaptureReader.index)
         self.file_index = file_index
         self.batch_size = batch_size
         self.stats = stats
@@ -145,10 +143,10 @@ class _Reader:
         self.stats.packets += n
         self.stats.bytes += int(caplen.sum())
         file_index = np.full(n, self.file_index, np.int16)
-        if self.index_only:
-            return PacketBatch(_NO_DATA, data_pos + self.base, caplen, wirelen, ts, linktype, frames, file_index)
-        if raw is self.mapped:  # point into the map; attach_data copies only a batch that ends near EOF
-            return attach_data(PacketBatch(_NO_DATA, data_pos, caplen, wirelen, ts, linktype, frames, file_index), raw)
+        # Point into the map, unless the batch ends within PAD bytes of the file's end: header
+        # gathers read up to PAD bytes past a packet, so such a batch is copied with zero padding.
+        if raw is self.mapped and n and int((data_pos + caplen).max()) + PAD <= len(raw):
+            return PacketBatch(raw, data_pos, caplen, wirelen, ts, linktype, frames, file_index)
         last = int(data_pos[-1] + caplen[-1]) if n else 0
         first = int(data_pos[0]) if n else 0
         data = np.empty(last - first + PAD, np.uint8)
@@ -330,22 +328,6 @@ class CaptureReader:
             return
         yield from self._merge(readers)
 
-    def index(self) -> list[PacketBatch] | None:
-        """For one uncompressed file: every batch's packet offsets, lengths and times, without the
-        bytes. Worker processes then read packets straight from a shared memory map of the file
-        (attach_data), so the record walk happens once and no packet byte is copied. None when
-        the input is several files or compressed (each worker then reads for itself)."""
-        if len(self.paths) != 1 or (sniff_format(self.paths[0]) or "gzip").endswith("gzip"):
-            return None
-        try:
-            r = _Reader(self.paths[0], 0, self.batch_size, self.stats, index_only=True)
-        except InputError as exc:
-            self.stats.errors.append(str(exc))
-            return []
-        out = list(self._guard(r, r.batches()))
-        r.close()
-        return out
-
     def _guard(self, reader: _Reader, it: Iterator[PacketBatch]) -> Iterator[PacketBatch]:
         try:
             for b in it:
@@ -393,23 +375,3 @@ def _file_size(path: str) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
-
-
-def attach_data(batch: PacketBatch, mapped: np.ndarray) -> PacketBatch:
-    """An index batch (CaptureReader.index) reading its bytes from the memory-mapped file.
-
-    Header gathers read a little past a packet's start; within PAD bytes of the end of the file
-    that would leave the map, so a batch that reaches there gets its bytes copied, with padding."""
-    if len(batch) and int((batch.offsets + batch.caplen).max()) + PAD > len(mapped):
-        first = int(batch.offsets.min())
-        data = np.zeros(len(mapped) - first + PAD, np.uint8)
-        data[: len(mapped) - first] = mapped[first:]
-        return PacketBatch(data, batch.offsets - first, batch.caplen, batch.wirelen, batch.ts, batch.linktype,
-                           batch.frame, batch.file_index)
-    return PacketBatch(mapped, batch.offsets, batch.caplen, batch.wirelen, batch.ts, batch.linktype, batch.frame,
-                       batch.file_index)
-
-
-def map_file(path: str) -> np.ndarray:
-    """The whole file as a read-only uint8 array; pages are shared by every process that maps it."""
-    return np.memmap(path, np.uint8, mode="r")

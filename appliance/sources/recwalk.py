@@ -21,6 +21,7 @@ except ImportError:  # built without a C compiler: the Python walk below is used
 COMPILED = _recwalk is not None  # built (the tests check that it is, where a compiler exists)
 if os.environ.get("APPLIANCE_NO_COMPILED"):  # operators can rule the compiled kernels out
     _recwalk = None
+IN_USE = _recwalk is not None  # what summary.json reports as compiled_kernels
 
 
 def pcap_records(buf: Any, pos: int, big_endian: bool, max_caplen: int, limit: int

@@ -75,8 +75,23 @@ class TestCase:
     loc: Loc
 
 
+@dataclass(frozen=True, kw_only=True)
+class RuleMeta:
+    """What detections and correlations both carry besides their logic (keyword-only)."""
+
+    name: str | None = None
+    status: str = "experimental"
+    description: str = ""
+    author: str = ""
+    date: str = ""
+    references: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    falsepositives: tuple[str, ...] = ()
+    tests: tuple[TestCase, ...] = ()
+
+
 @dataclass(frozen=True)
-class Rule:
+class Rule(RuleMeta):
     """A detection rule over one event type."""
 
     id: str
@@ -87,15 +102,6 @@ class Rule:
     condition: Cond
     loc: Loc
     path: str
-    name: str | None = None
-    status: str = "experimental"
-    description: str = ""
-    author: str = ""
-    date: str = ""
-    references: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    falsepositives: tuple[str, ...] = ()
-    tests: tuple[TestCase, ...] = ()
     sigma: bool = False
     kind: str = field(default="detection")
 
@@ -126,7 +132,7 @@ _CMP = {
 
 
 @dataclass(frozen=True)
-class Correlation:
+class Correlation(RuleMeta):
     """A Sigma correlation rule over the matches of other rules (Sigma correlation spec v2)."""
 
     id: str
@@ -144,15 +150,6 @@ class Correlation:
     loc: Loc
     path: str
     group_locs: tuple[Loc, ...] = ()
-    name: str | None = None
-    status: str = "experimental"
-    description: str = ""
-    author: str = ""
-    date: str = ""
-    references: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    falsepositives: tuple[str, ...] = ()
-    tests: tuple[TestCase, ...] = ()
     kind: str = field(default="correlation")
 
 
