@@ -7,11 +7,14 @@ OUT    ?= out/demo
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml $(wildcard appliance/*/*.c)
+$(STAMP): pyproject.toml $(wildcard appliance/*/*.c appliance/*/*/*.c)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# byte-compile now, as a wheel install does: an editable install leaves it to first import,
+	@# which PYTHONDONTWRITEBYTECODE (set in some containers) turns into a compile on every run
+	$(BIN)/python -m compileall -q appliance >/dev/null
 	@touch $(STAMP)
 
 # The demo's deployment secret is public on purpose: real deployments set their own.

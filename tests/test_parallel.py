@@ -104,3 +104,14 @@ def test_the_parent_sees_every_batch_of_every_worker(tmp_path: Path) -> None:
     assert len(calls) == batches + 1  # one call per batch, one for the events left at the end
     assert summary["events"] == one.summary()["events"]
     assert summary["packets"] == one.counters.packets and summary["flows"] == one.summary()["flows"]
+
+
+def test_preload_loads_the_decoders_and_keeps_the_process_safe_to_fork() -> None:
+    """What the workers inherit is loaded before the fork, but nothing that starts a thread."""
+    code = ("import sys; from appliance.parallel import preload, start_method; preload(); "
+            "print(start_method(), 'numpy' in sys.modules, 'appliance.decode.stream' in sys.modules, "
+            "'polars' in sys.modules)")
+    env = {k: v for k, v in ENV.items() if k != "OPENBLAS_NUM_THREADS"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["fork", "True", "True", "False"]
