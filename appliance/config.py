@@ -15,6 +15,10 @@ import yaml
 
 from appliance.errors import ConfigError
 
+# libyaml's parser when PyYAML was built with it (the wheels are): the same nodes, marks and errors
+# as the pure-Python one, ~6x faster. Rule files, lists, catalogs and mappings all load with it.
+YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 @dataclass(frozen=True)
 class Setting:

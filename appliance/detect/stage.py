@@ -105,10 +105,19 @@ class Detection:
         return self.graph.reseller_findings(relay_findings)
 
     def finish(self) -> list[dict[str, Any]]:
-        """End of input: close every window, compute the findings, persist the graph."""
-        self.flush_alerts()
-        self.flush_graph()
-        relay_findings = self.relays.findings() if self.relays is not None else []
+        """End of input: close every window, compute the findings, persist the graph.
+
+        Closing the rule windows, the relay detector's findings and the graph's last events touch
+        disjoint state, so they run side by side (polars releases the GIL for most of their work):
+        the tail of a 1M-packet replay, where the workers are done and one core would idle."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2, thread_name_prefix="finish") as pool:
+            closing = pool.submit(self.flush_alerts)
+            relays = pool.submit(self.relays.findings) if self.relays is not None else None
+            self.flush_graph()
+            relay_findings = relays.result() if relays is not None else []
+            closing.result()
         self.graph.add_findings(relay_findings)
         findings = self.graph.reseller_findings(relay_findings)
         if self.state_dir:

@@ -27,6 +27,7 @@ import polars as pl
 import yaml
 
 from appliance import schema
+from appliance.config import YAML_LOADER
 from appliance.errors import ConfigError
 
 KINDS = ("domain", "cidr", "asn", "country", "email_domain")
@@ -58,7 +59,7 @@ class Catalog:
 def _load_file(path: Path) -> Catalog:
     where = str(path)
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=YAML_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         if mark is not None:

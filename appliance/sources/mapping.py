@@ -35,6 +35,7 @@ import polars as pl
 import yaml
 
 from appliance import schema
+from appliance.config import YAML_LOADER
 from appliance.errors import ConfigError
 
 FORMATS = ("jsonl", "csv", "parquet", "delimited")
@@ -230,7 +231,7 @@ def load_mapping(path: str | Path, event_type: str) -> Mapping:
     """Parse and check a mapping file; errors name the file and the offending field."""
     p = Path(path)
     try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+        doc = yaml.load(p.read_text(encoding="utf-8"), Loader=YAML_LOADER)
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read mapping: {exc.strerror}") from exc
     except yaml.YAMLError as exc:

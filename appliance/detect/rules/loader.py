@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from appliance.config import YAML_LOADER
+
 
 @dataclass(frozen=True, order=True)
 class Loc:
@@ -58,9 +60,7 @@ class YamlProblem(Exception):
         self.message = message
 
 
-# libyaml's parser when PyYAML was built with it (the wheels are): the same nodes and marks, ~6x
-# faster than the pure-Python one, which rule loading spent most of its time in.
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Loader = YAML_LOADER  # rule loading spent most of its time in the pure-Python parser
 
 
 def _loc(path: str, node: yaml.Node) -> Loc:
