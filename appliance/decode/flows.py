@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from appliance.decode.community_id import community_id
+from appliance.decode.community_id import community_id, community_ids
 from appliance.decode.headers import ACK, FIN, ICMP, ICMP6, RST, SCTP, SYN, TCP, UDP, Headers
 
 TRANSPORT_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMP6: "ipv6-icmp", SCTP: "sctp"}
@@ -49,7 +49,9 @@ class Flow:
         "tls_seen", "_ends",
     )
 
-    def __init__(self, key: tuple, orig_a: bool, start: int, vlan: list[int], seed: int) -> None:
+    def __init__(self, key: tuple, orig_a: bool, start: int, vlan: list[int], cid: str, ends: tuple[str, str]) -> None:
+        """`cid` is the flow's Community ID, `ends` the text of its endpoints a and b (FlowTable
+        computes both for a whole batch's new flows at once)."""
         self.key = key
         self.orig_a = orig_a
         self.start = start
@@ -65,15 +67,10 @@ class Flow:
         self.sni: str | None = None
         self.host: str | None = None
         self.tls_seen: set[tuple[object, object]] = set()  # parsed message starts; ("hello", direction) marks
-        ver, proto, a_hi, a_lo, b_hi, b_lo, a_port, b_port, oneway = key
-        sa, sb = _addr_bytes(ver, a_hi, a_lo), _addr_bytes(ver, b_hi, b_lo)
-        if orig_a:
-            self.cid = community_id(proto, sa, sb, a_port, b_port, seed, oneway)
-        else:
-            self.cid = community_id(proto, sb, sa, b_port, a_port, seed, oneway)
-        self.fid = "C" + hashlib.sha1(f"{self.cid}|{start}".encode()).hexdigest()[:17]
-        a = socket.inet_ntop(socket.AF_INET if ver == 4 else socket.AF_INET6, sa)
-        b = socket.inet_ntop(socket.AF_INET if ver == 4 else socket.AF_INET6, sb)
+        self.cid = cid
+        self.fid = "C" + hashlib.sha1(f"{cid}|{start}".encode()).hexdigest()[:17]
+        a, b = ends
+        a_port, b_port = key[6], key[7]
         self._ends = (a, a_port, b, b_port) if orig_a else (b, b_port, a, a_port)
 
     def endpoints(self) -> tuple[str, int, str, int]:
@@ -91,10 +88,44 @@ def _addr_bytes(ver: int, hi: int, lo: int) -> bytes:
     return int(hi).to_bytes(8, "big") + int(lo).to_bytes(8, "big")
 
 
+_ADDR_TEXT: dict[tuple[int, int, int], str] = {}  # flows share addresses: format each once
+_ADDR_TEXT_MAX = 1 << 16
+
+
+def _addr_text_cached(ver: int, hi: int, lo: int) -> str:
+    key = (ver, hi, lo)
+    text = _ADDR_TEXT.get(key)
+    if text is None:
+        if len(_ADDR_TEXT) >= _ADDR_TEXT_MAX:
+            _ADDR_TEXT.clear()
+        text = _ADDR_TEXT[key] = addr_text(ver, hi, lo)
+    return text
+
+
 def addr_text(ver: int, hi: int, lo: int) -> str:
     if ver == 4:
         return socket.inet_ntop(socket.AF_INET, int(lo).to_bytes(4, "big"))
     return socket.inet_ntop(socket.AF_INET6, _addr_bytes(6, hi, lo))
+
+
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9))
+
+
+def _key_hash(ver: np.ndarray, proto: np.ndarray, a_hi: np.ndarray, a_lo: np.ndarray, b_hi: np.ndarray,
+              b_lo: np.ndarray, a_port: np.ndarray, b_port: np.ndarray) -> np.ndarray:
+    """A 64-bit mix of each packet's flow key. Sorting by it (then time) groups a flow's packets as
+    sorting by the nine key columns does, at a third of the cost (~6 ms of 14 per 130k packets).
+    Two keys sharing a hash (~1e-9 per batch) would interleave, not merge: segments are still cut
+    wherever any key column changes, so each segment holds one key, in time order."""
+    k1, k2, k3 = _MIX
+    with np.errstate(over="ignore"):
+        x = a_hi * k1 + a_lo * k2 + b_hi * k3 + b_lo * k1
+        x += ((a_port.astype(np.uint64) << np.uint64(16)) | b_port.astype(np.uint64)) * k2
+        x += (proto.astype(np.uint64) << np.uint64(8) | ver.astype(np.uint64)) * k3
+        x ^= x >> np.uint64(29)
+        x *= k1
+        x ^= x >> np.uint64(32)
+    return x
 
 
 @dataclass
@@ -147,7 +178,7 @@ class FlowTable:
         a_port = np.where(swap, dp, sp)
         b_port = np.where(swap, sp, dp)
         t = ts[sel]
-        order = np.lexsort((t, b_port, a_port, b_lo, b_hi, a_lo, a_hi, proto, ver))
+        order = np.lexsort((t, _key_hash(ver, proto, a_hi, a_lo, b_hi, b_lo, a_port, b_port)))
         cols = [c[order] for c in (ver, proto, a_hi, a_lo, b_hi, b_lo, a_port, b_port, oneway)]
         t = t[order]
         a_to_b = ~swap[order]
@@ -213,6 +244,11 @@ class FlowTable:
         a_to_b_l = a_to_b.tolist()
         vo = h.vlan_outer[sel][order][starts].tolist()
         vi = h.vlan_inner[sel][order][starts].tolist()
+        # names (Community ID, endpoint text) of the segments that will likely open a flow, computed
+        # together; a flow opened by a timeout or port reuse is named on its own
+        flows = self.flows
+        fresh = np.fromiter((k not in flows for k in keys), bool, nseg)
+        names = self._names(cols, starts, fresh)
         seg_flows: list[Flow] = []
         orig_a = np.empty(nseg, bool)
         counts = zip(
@@ -239,7 +275,8 @@ class FlowTable:
             if f is None:
                 first = fsyn if fsyn != big else int(starts[s])
                 vlan = [v for v in (vo[s], vi[s]) if v >= 0]
-                f = Flow(key, a_to_b_l[first], t0, vlan, lim.community_id_seed)
+                cid, ends = names.get(s) or self._name_one(key)
+                f = Flow(key, a_to_b_l[first], t0, vlan, cid, ends)
                 if len(self.flows) >= lim.max_flows:
                     self._evict()
                 self.flows[key] = f
@@ -276,6 +313,25 @@ class FlowTable:
                 else:
                     f.history += "".join(ch for ch in hs.decode() if ch not in f.history)
         return Segments(sel[order], seg_of, a_to_b, seg_flows, np.append(starts, n))
+
+    def _names(self, cols: list[np.ndarray], starts: np.ndarray, which: np.ndarray
+               ) -> dict[int, tuple[str, tuple[str, str]]]:
+        """(Community ID, (text of a, text of b)) of the chosen segments, by segment number."""
+        segs = np.flatnonzero(which)
+        if len(segs) == 0:
+            return {}
+        ver, proto, a_hi, a_lo, b_hi, b_lo, a_port, b_port = (c[starts[segs]] for c in cols[:8])
+        cids = community_ids(ver, proto, a_hi, a_lo, b_hi, b_lo, a_port, b_port, self.limits.community_id_seed)
+        text = _addr_text_cached
+        ends = [(text(v, ah, al), text(v, bh, bl)) for v, ah, al, bh, bl in
+                zip(ver.tolist(), a_hi.tolist(), a_lo.tolist(), b_hi.tolist(), b_lo.tolist(), strict=True)]
+        return dict(zip(segs.tolist(), zip(cids, ends, strict=True), strict=True))
+
+    def _name_one(self, key: tuple) -> tuple[str, tuple[str, str]]:
+        ver, proto, a_hi, a_lo, b_hi, b_lo, a_port, b_port, _oneway = key
+        cid = community_id(proto, _addr_bytes(ver, a_hi, a_lo), _addr_bytes(ver, b_hi, b_lo), a_port, b_port,
+                           self.limits.community_id_seed, one_way=True)  # a is already the first endpoint
+        return cid, (_addr_text_cached(ver, a_hi, a_lo), _addr_text_cached(ver, b_hi, b_lo))
 
     # -- expiry ------------------------------------------------------------------------------
     def expire(self, now_ns: int, scan_every_s: float = 10.0) -> None:
