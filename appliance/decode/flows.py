@@ -119,7 +119,7 @@ def _key_hash(ver: np.ndarray, proto: np.ndarray, a_hi: np.ndarray, a_lo: np.nda
     wherever any key column changes, so each segment holds one key, in time order."""
     k1, k2, k3 = _MIX
     with np.errstate(over="ignore"):
-        x = a_hi * k1 + a_lo * k2 + b_hi * k3 + b_lo * k1
+        x: np.ndarray = a_hi * k1 + a_lo * k2 + b_hi * k3 + b_lo * k1
         x += ((a_port.astype(np.uint64) << np.uint64(16)) | b_port.astype(np.uint64)) * k2
         x += (proto.astype(np.uint64) << np.uint64(8) | ver.astype(np.uint64)) * k3
         x ^= x >> np.uint64(29)
