@@ -190,7 +190,7 @@ def test_every_command_is_registered() -> None:
 
 
 def test_compiled_kernels_and_their_python_twins_give_the_same_replay(tmp_path: Path) -> None:
-    """APPLIANCE_NO_COMPILED=1 runs the record walk and header decoding in Python/numpy: every
+    """APPLIANCE_NO_COMPILED=1 runs the record walk, header decoding and ClientHello walk in Python: every
     count and every event must come out the same as with the C kernels."""
     inputs = [str(ROOT / "pcaps" / "demo.pcap"), str(PEER / "zeek" / "pcapng-multi-interface.pcapng")]
     outs = {}
@@ -199,8 +199,8 @@ def test_compiled_kernels_and_their_python_twins_give_the_same_replay(tmp_path: 
                             "--json", "--workers", "1"], capture_output=True, text=True, env={**SECRET_ENV, **extra}, timeout=300)
         assert r.returncode == 0, r.stderr
         outs[name] = json.loads(r.stdout)
-    assert outs["py"]["compiled_kernels"] == {"record_walk": False, "headers": False}
-    assert outs["c"]["compiled_kernels"] == {"record_walk": True, "headers": True}
+    assert outs["py"]["compiled_kernels"] == {"record_walk": False, "headers": False, "tls_hello": False}
+    assert outs["c"]["compiled_kernels"] == {"record_walk": True, "headers": True, "tls_hello": True}
     for key in ("packets", "bytes", "decoded", "malformed", "flows", "events", "alerts", "findings"):
         assert outs["c"][key] == outs["py"][key], key
     for name in ("flows", "tls", "http", "dns"):

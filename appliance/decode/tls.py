@@ -15,9 +15,19 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import struct
 
 from appliance.decode.anomaly import Malformed, NeedMore
+
+try:
+    from appliance.decode import _tls  # type: ignore[attr-defined]
+except ImportError:  # built without a C compiler: _client_hello_python below does the same work
+    _tls = None
+COMPILED = _tls is not None  # built (the tests check that it is, where a compiler exists)
+if os.environ.get("APPLIANCE_NO_COMPILED"):  # operators can rule the compiled kernels out
+    _tls = None
+IN_USE = _tls is not None  # what summary.json reports as compiled_kernels
 
 CLIENT_HELLO = 1
 SERVER_HELLO = 2
@@ -205,14 +215,33 @@ def _alpn_chars(first: bytes) -> str:
     return h[0] + h[-1]
 
 
+# The raw pieces of a ClientHello: legacy_version, ciphers, extension types (wire order), has_sni,
+# SNI, ALPN values, groups, point formats, signature algorithms, supported versions; GREASE removed.
+_RawHello = tuple[int, tuple[int, ...], tuple[int, ...], bool, str, list[bytes], tuple[int, ...], bytes,
+                  tuple[int, ...], tuple[int, ...]]
+
+
 def client_hello_fields(body: bytes, quic: bool = False, sslv2: bool = False) -> dict[str, object]:
     """Fields of the `tls` event from a ClientHello body (handshake header already removed).
 
     `quic=True` when the hello came from QUIC CRYPTO frames: JA4 starts with "q"; JA3 is computed
     as tshark and nDPI do (JA3 itself has no transport marker). `sslv2=True` for the SSLV2_CLIENT_HELLO pseudo-type.
+    The bytes are walked by _tls.c when it was built (walk ~12x, whole call ~2.5x faster), else by
+    _client_hello_python.
     """
     if sslv2:
         return _sslv2_fields(body)
+    raw = _client_hello_python(body) if _tls is None else _tls.client_hello(body)
+    return _client_hello_dict(raw, quic)
+
+
+def client_hello_fields_python(body: bytes, quic: bool = False) -> dict[str, object]:
+    """client_hello_fields without the compiled walk: the reference the tests hold _tls.c to."""
+    return _client_hello_dict(_client_hello_python(body), quic)
+
+
+def _client_hello_python(body: bytes) -> _RawHello:
+    """Walk a ClientHello (RFC 8446 §4.1.2, RFC 5246 §7.4.1.2): the rules _tls.c copies line by line."""
     n = len(body)
     if n < 38:
         raise Malformed("TLS_client_hello_truncated")
@@ -224,7 +253,7 @@ def client_hello_fields(body: bytes, quic: bool = False, sslv2: bool = False) ->
     pos += 2
     if clen & 1 or pos + clen + 1 > n:
         raise Malformed("TLS_client_hello_len_lies", "cipher_suites")
-    ciphers = [c for c in _u16_list(body, pos, pos + clen) if c not in _GREASE]
+    ciphers = tuple([c for c in _u16_list(body, pos, pos + clen) if c not in _GREASE])
     pos += clen
     pos += 1 + body[pos]  # compression methods
     if pos > n:
@@ -273,15 +302,21 @@ def client_hello_fields(body: bytes, quic: bool = False, sslv2: bool = False) ->
             elif etype == _EXT_SUPPORTED_VERSIONS:
                 if dlen < 1 or 1 + body[d0] != dlen or body[d0] & 1:
                     raise Malformed("TLS_client_hello_len_lies", "supported_versions")
-                versions = [v for v in _u16_list(body, d0 + 1, pos) if v not in _GREASE]
-    groups = [g for g in groups if g not in _GREASE]
-    sig_algs = [s for s in sig_algs if s not in _GREASE]
-    alpn = [a.decode("utf-8", "replace") for a in alpn_raw]
+                versions = _u16_list(body, d0 + 1, pos)
+    return (legacy_version, ciphers, tuple(exts), has_sni, sni, alpn_raw,
+            tuple([g for g in groups if g not in _GREASE]), point_formats,
+            tuple([s for s in sig_algs if s not in _GREASE]), tuple([v for v in versions if v not in _GREASE]))
 
-    ja3_string, ja3 = _ja3(legacy_version, tuple(ciphers), tuple(exts), tuple(groups), point_formats)
+
+def _client_hello_dict(raw: _RawHello, quic: bool) -> dict[str, object]:
+    """The event fields and fingerprints from the raw pieces, whichever walk produced them."""
+    legacy_version, ciphers, exts, has_sni, sni, alpn_raw, groups, point_formats, sig_algs, versions = raw
+    ja3_string, ja3 = _ja3(legacy_version, ciphers, exts, groups, point_formats)
     version = max(versions) if versions else legacy_version
     alpn_first = alpn_raw[0] if alpn_raw else None
-    ja4, ja4_r = _ja4(quic, version, has_sni, tuple(ciphers), tuple(exts), tuple(sig_algs), alpn_first)
+    ja4, ja4_r = _ja4(quic, version, has_sni, ciphers, exts, sig_algs, alpn_first)
+    alpn = [a.decode("utf-8", "replace") for a in alpn_raw]
+    hex4 = _HEX4.__getitem__  # map() over the bound lookup: ~1 us less per hello than comprehensions
     return {
         "tls.client.server_name": sni,
         "tls.client.ja3": ja3,
@@ -290,10 +325,10 @@ def client_hello_fields(body: bytes, quic: bool = False, sslv2: bool = False) ->
         "tls.client.ja4_r": ja4_r,
         "tls.next_protocol": alpn[0] if alpn else None,
         "tls.client.alpn": alpn,
-        "tls.client.supported_versions": [_HEX4[v] for v in versions],
-        "tls.client.cipher_suites": [_HEX4[c] for c in ciphers],
-        "tls.client.extensions": [_HEX4[e] for e in exts],
-        "tls.client.signature_algorithms": [_HEX4[x] for x in sig_algs],
+        "tls.client.supported_versions": list(map(hex4, versions)),
+        "tls.client.cipher_suites": list(map(hex4, ciphers)),
+        "tls.client.extensions": list(map(hex4, exts)),
+        "tls.client.signature_algorithms": list(map(hex4, sig_algs)),
     }
 
 
@@ -423,7 +458,11 @@ def _version_name(version: int) -> str:
 
 
 def server_hello_fields(body: bytes) -> dict[str, object]:
-    """JA3S ("version,cipher,extensions", decimal, MD5) and the negotiated version and cipher."""
+    """JA3S ("version,cipher,extensions", decimal, MD5) and the negotiated version and cipher.
+
+    No compiled twin: measured at ~2.5 us per ServerHello, ~1.7 us of it the walk, i.e. ~15 ms per
+    million replayed packets at most, below the replay's run-to-run noise.
+    """
     n = len(body)
     if n < 38 or (body[34] > 32 and body[0] != 0x7F):
         raise Malformed("TLS_server_hello_truncated")
