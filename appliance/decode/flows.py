@@ -381,24 +381,29 @@ class FlowTable:
         return out
 
 
+_FLOW_COLUMNS = (
+    "@timestamp", "source.ip", "source.port", "destination.ip", "destination.port", "network.transport",
+    "network.community_id", "network.vlan.id", "flow.id", "event.start", "event.end", "event.duration",
+    "source.packets", "source.bytes", "source.payload_bytes", "destination.packets", "destination.bytes",
+    "destination.payload_bytes", "flow.history", "flow.end_reason", "network.protocol",
+    "tls.client.server_name", "url.domain",
+)
+
+
 def flow_frame(finished: list[tuple[Flow, str]]) -> dict[str, list]:
-    """Column lists of flow events (schema FLOW) for finished flows, in originator orientation."""
-    cols: dict[str, list] = {k: [] for k in (
-        "@timestamp", "source.ip", "source.port", "destination.ip", "destination.port", "network.transport",
-        "network.community_id", "network.vlan.id", "flow.id", "event.start", "event.end", "event.duration",
-        "source.packets", "source.bytes", "source.payload_bytes", "destination.packets", "destination.bytes",
-        "destination.payload_bytes", "flow.history", "flow.end_reason", "network.protocol",
-        "tls.client.server_name", "url.domain",
-    )}
+    """Column lists of flow events (schema FLOW) for finished flows, in originator orientation.
+    One tuple per flow, transposed by zip in C: half the time of appending to 23 lists."""
+    rows = []
     for f, reason in finished:
-        sip, sport, dip, dport = f.endpoints()
+        sip, sport, dip, dport = f._ends
         o, r = (0, 1) if f.orig_a else (1, 0)
-        p = f.proto
-        vals = (
-            f.start, sip, sport, dip, dport, TRANSPORT_NAMES.get(p, str(p)), f.cid, f.vlan, f.fid, f.start,
-            f.last, f.last - f.start, f.pkts[o], f.bytes[o], f.payload[o], f.pkts[r], f.bytes[r], f.payload[r],
+        p = f.key[1]
+        start, last = f.start, f.last
+        rows.append((
+            start, sip, sport, dip, dport, TRANSPORT_NAMES.get(p) or str(p), f.cid, f.vlan, f.fid, start,
+            last, last - start, f.pkts[o], f.bytes[o], f.payload[o], f.pkts[r], f.bytes[r], f.payload[r],
             f.history if p == TCP else None, reason, f.protocol, f.sni, f.host,
-        )
-        for k, v in zip(cols, vals, strict=True):
-            cols[k].append(v)
-    return cols
+        ))
+    if not rows:
+        return {k: [] for k in _FLOW_COLUMNS}
+    return dict(zip(_FLOW_COLUMNS, map(list, zip(*rows, strict=True)), strict=True))
