@@ -341,12 +341,14 @@ class FlowTable:
         self._next_scan = now_ns + int(scan_every_s * 1e9)
         lim = self.limits
         grace = lim.close_grace_s * 1e9
+        idle_tcp, idle_udp, idle_other = lim.tcp_idle_s * 1e9, lim.udp_idle_s * 1e9, lim.other_idle_s * 1e9
         for f in list(self.flows.values()):
-            p = f.proto
-            idle = (lim.tcp_idle_s if p == TCP else lim.udp_idle_s if p == UDP else lim.other_idle_s) * 1e9
-            if f.closed_at is not None and now_ns - f.last > grace:
+            quiet = now_ns - f.last
+            if f.closed_at is not None and quiet > grace:
                 self._finish(f, self._closed_reason(f) or "fin")
-            elif now_ns - f.last > idle:
+                continue
+            p = f.key[1]
+            if quiet > (idle_tcp if p == TCP else idle_udp if p == UDP else idle_other):
                 self._finish(f, "idle_timeout")
 
     def finish_all(self) -> None:
