@@ -21,9 +21,7 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # this module stays light: the CLI forks workers before numpy and polars load
-    import polars as pl
-
+if TYPE_CHECKING:  # this module stays light: the CLI forks workers before polars loads
     from appliance.pipeline import Pipeline
 
 QUEUE_BATCHES = 8  # batches of events a worker may run ahead of the parent (bounds memory)
@@ -36,41 +34,25 @@ _PARENT_TIMINGS = ("enrich", "detect", "write")  # measured by the parent, which
 PACKET_EVENTS = ("flow", "tls", "http", "dns")  # as appliance.pipeline.PACKET_EVENTS (tested equal)
 
 
-class _Collect:
-    """An event writer that keeps frames for the parent instead of writing files."""
-
-    def __init__(self) -> None:
-        self.frames: list[pl.DataFrame] = []
-
-    def write(self, frame: pl.DataFrame) -> None:
-        if frame.height:
-            self.frames.append(frame)
-
-    def take(self) -> pl.DataFrame | None:
-        import polars as pl
-
-        frames, self.frames = self.frames, []
-        return pl.concat(frames, how="vertical_relaxed") if frames else None
-
-    def close(self) -> str:
-        return ""
-
-
 def _worker(paths: list[str], limits: dict[str, Any], batch_size: int, shard: tuple[int, int], out: Any) -> None:
-    """Read every packet, decode this shard's flows batch by batch; send each batch's events,
-    then the summary. `limits` are FlowLimits' arguments."""
+    """Read every packet, decode this shard's flows batch by batch; send each batch's decoded
+    events, then the summary. `limits` are FlowLimits' arguments. The events go as plain columns
+    (pipeline.flatten): the parent merges the shards' and makes one frame per type, so a worker
+    never loads polars (~0.1 s of CPU each) nor pays for frames it would only serialise."""
     try:
         from appliance.decode.flows import FlowLimits
-        from appliance.pipeline import Pipeline
+        from appliance.pipeline import FlatEvents, Pipeline, flatten, merge_flat
         from appliance.sources.pcap import CaptureReader
 
-        collect = {t: _Collect() for t in PACKET_EVENTS}
-        pipe = Pipeline("", FlowLimits(**limits), shard=shard, writer_factory=collect.__getitem__)
+        pending: list[FlatEvents] = []
+        pipe = Pipeline("", FlowLimits(**limits), shard=shard, raw_sink=lambda raw: pending.append(flatten(raw)))
         reader = CaptureReader(paths, batch_size=batch_size)
         batches = reader.batches()
 
-        def take() -> dict[str, pl.DataFrame]:
-            return {t: f for t, c in collect.items() if (f := c.take()) is not None}
+        def take() -> FlatEvents:
+            merged = merge_flat(pending)
+            pending.clear()
+            return merged
 
         for batch in batches:
             pipe.process_batch(batch)
@@ -112,26 +94,26 @@ class ShardedReplay:
               ) -> tuple[dict[str, Any], list[str], dict[str, str]]:
         """Merged decode summary, input errors and formats. `progress(bytes_read)` is called after
         every batch."""
-        import polars as pl
+        from appliance.pipeline import frames_from_flat, merge_flat
 
         ends: list[dict[str, Any] | None] = [None] * self.workers
         done_bytes = 0
         try:
             while any(e is None for e in ends):
-                merged: dict[str, list[pl.DataFrame]] = {}
+                parts = []
                 for i in range(self.workers):
                     if ends[i] is not None:
                         continue
                     msg = _get(self.queues[i], self.procs[i], i)
                     if msg[0] == "end":
-                        frames, ends[i] = msg[1], msg[2]
+                        events, ends[i] = msg[1], msg[2]
                     else:
-                        frames = msg[2]
+                        events = msg[2]
                         if i == 0:
                             done_bytes += msg[1]
-                    for t, f in frames.items():
-                        merged.setdefault(t, []).append(f)
-                route.emit({t: pl.concat(merged[t], how="vertical_relaxed") for t in PACKET_EVENTS if t in merged})
+                    parts.append(events)
+                merged = merge_flat(parts)
+                route.emit(frames_from_flat({t: merged[t] for t in PACKET_EVENTS if t in merged}))
                 if progress is not None:
                     progress(done_bytes)
         except BaseException:  # a failed worker (or ^C): the others' work is of no use
@@ -166,14 +148,14 @@ def preload() -> None:
     """Import numpy and the decoders here, so the forked workers inherit them: ~0.1 s of CPU per
     worker on this machine's 2 cores, where three processes otherwise import the same modules at
     once (1M-packet replay: 2.18 s -> 2.04 s, medians of 5). Not polars: its import starts threads
-    (jemalloc's, a cleanup thread), after which forking is unsafe, so each worker imports it.
+    (jemalloc's, a cleanup thread), after which forking is unsafe; workers never need it.
     numpy's BLAS is held to one thread unless the operator chose otherwise: the decoders use no BLAS,
     and a BLAS thread pool would make this process unsafe to fork (start_method then takes the fork
     server, slower but safe)."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import numpy  # noqa: F401
 
-    from appliance.decode import stream  # noqa: F401
+    from appliance import pipeline  # noqa: F401 - loads no polars
     from appliance.sources import pcap  # noqa: F401
 
 

@@ -9,20 +9,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 
-from appliance import schema
 from appliance.decode.flows import FlowLimits, FlowTable, flow_frame
 from appliance.decode.headers import REASONS, decode_headers
 from appliance.decode.stream import DeepParser
-from appliance.sinks.parquet import EventWriter
 from appliance.sources.batch import PacketBatch
 
+if TYPE_CHECKING:  # polars loads on first use: replay workers decode without it (parallel.py)
+    import polars as pl
+
+    from appliance import schema
+
 PACKET_EVENTS = ("flow", "tls", "http", "dns")
-Enricher = Callable[[str, pl.DataFrame], pl.DataFrame]
+Enricher = Callable[[str, "pl.DataFrame"], "pl.DataFrame"]
+# Decoded events before they become frames: flow columns (flow_frame) and tls/http/dns row dicts.
+RawEvents = dict[str, Any]
+# The same as plain columns per event type (flatten): list values joined into strings.
+FlatEvents = dict[str, dict[str, list]]
 
 
 @dataclass
@@ -54,7 +60,10 @@ class Pipeline:
         event_sinks: list[Callable[[str, pl.DataFrame], None]] | None = None,
         shard: tuple[int, int] = (0, 1),
         writer_factory: Callable[[str], Any] | None = None,
+        raw_sink: Callable[[RawEvents], None] | None = None,
     ) -> None:
+        """`raw_sink`, when given, receives each batch's decoded events instead of their frames
+        being enriched, judged and written here (a replay worker: its parent does that)."""
         self.out_dir = out_dir
         self.flows = FlowTable(flow_limits)
         self.deep = DeepParser()
@@ -63,8 +72,13 @@ class Pipeline:
         self.event_sinks = event_sinks or []
         self.counters = Counters()
         enriched = bool(self.enrichers)
-        make = writer_factory or (lambda t: EventWriter(out_dir, t, enriched))
-        self.writers = {t: make(t) for t in PACKET_EVENTS}
+        self.raw_sink = raw_sink
+        self.writers: dict[str, Any] = {}
+        if raw_sink is None:
+            from appliance.sinks.parquet import EventWriter
+
+            make = writer_factory or (lambda t: EventWriter(out_dir, t, enriched))
+            self.writers = {t: make(t) for t in PACKET_EVENTS}
         self.enriched = enriched
         self.shard = shard  # (index, count): this pipeline decodes only the flows hashed to `index`
 
@@ -158,14 +172,17 @@ class Pipeline:
 
     # -- events ------------------------------------------------------------------------------
     def _emit_events(self) -> None:
-        frames: dict[str, pl.DataFrame] = {}
+        raw: RawEvents = {}
         finished = self.flows.drain()
         if finished:
-            frames["flow"] = _frame_from_columns("flow", flow_frame(finished))
+            raw["flow"] = flow_frame(finished)
         for etype, rows in self.deep.take_rows().items():
             if rows:
-                frames[etype] = _frame_from_rows(etype, rows)
-        self.emit(frames)
+                raw[etype] = rows
+        if self.raw_sink is not None:
+            self.raw_sink(raw)
+        else:
+            self.emit(event_frames(raw))
 
     def emit(self, frames: dict[str, pl.DataFrame]) -> None:
         """Enrich, judge and write one batch's events. The sharded replay's parent calls this with
@@ -218,11 +235,71 @@ def _rfc3339(ns: int | None) -> str | None:
 _TS_FIELDS = ("@timestamp", "event.start", "event.end", "account.created")
 
 
+def event_frames(raw: RawEvents) -> dict[str, pl.DataFrame]:
+    """Decoded events as frames of the declared schema, per event type."""
+    return frames_from_flat(flatten(raw))
+
+
+def flatten(raw: RawEvents) -> FlatEvents:
+    """Decoded events as plain columns, list values joined with _SEP: what a replay worker sends
+    (no polars needed; pickled columns of strings load several times faster than row dicts)."""
+    out: FlatEvents = {}
+    for etype, events in raw.items():
+        cols = events if etype == "flow" else _transpose(events)
+        out[etype] = {k: _joined(v) if _holds_lists(v) else v for k, v in cols.items()}
+    return out
+
+
+def merge_flat(parts: list[FlatEvents]) -> FlatEvents:
+    """The flattened events of several shards of one batch, shard after shard, as one; a column
+    one shard lacks is None in its rows."""
+    out: FlatEvents = {}
+    for etype in dict.fromkeys(t for part in parts for t in part):
+        have = [part[etype] for part in parts if etype in part]
+        if len(have) == 1:
+            out[etype] = have[0]
+            continue
+        sizes = [_rows(cols) for cols in have]
+        keys = dict.fromkeys(k for cols in have for k in cols)
+        out[etype] = {k: [v for cols, n in zip(have, sizes, strict=True) for v in cols.get(k) or [None] * n]
+                      for k in keys}
+    return out
+
+
+def frames_from_flat(flat: FlatEvents) -> dict[str, pl.DataFrame]:
+    return {etype: _frame_from_flat(etype, cols) for etype, cols in flat.items()}
+
+
+def _rows(cols: dict[str, list]) -> int:
+    return len(next(iter(cols.values()))) if cols else 0
+
+
+def _transpose(rows: list[dict[str, Any]]) -> dict[str, list]:
+    """Row dicts → columns over every key any row has."""
+    keys = set().union(*rows)
+    return {k: [r.get(k) for r in rows] for k in sorted(keys)}
+
+
+def _holds_lists(values: list) -> bool:
+    for v in values:
+        if v is not None:
+            return type(v) is list
+    return False
+
+
 def _int_schema(etype: str) -> dict[str, schema.DType]:
+    import polars as pl
+
+    from appliance import schema
+
     return {k: (pl.Int64 if k in _TS_FIELDS else v) for k, v in schema.polars_schema(etype, enriched=False).items()}
 
 
 def _to_declared(etype: str, frame: pl.DataFrame) -> pl.DataFrame:
+    import polars as pl
+
+    from appliance import schema
+
     casts = [pl.col(k).cast(schema.TIMESTAMP) for k in _TS_FIELDS if k in frame.columns]
     return frame.with_columns(casts)
 
@@ -230,29 +307,29 @@ def _to_declared(etype: str, frame: pl.DataFrame) -> pl.DataFrame:
 _SEP = "\x1f"  # ASCII unit separator: never inside a decoded name, path or fingerprint
 
 
-def _frame_from_columns(etype: str, cols: dict[str, list]) -> pl.DataFrame:
-    """Columns of Python values → the declared frame.
+def _frame_from_flat(etype: str, cols: dict[str, list]) -> pl.DataFrame:
+    """Flattened columns → the declared frame; a declared column no event set is all None.
 
-    List columns are passed to polars as joined strings and split there: building one small Series
-    per row (what polars does for a list of lists) cost ~4 µs a row, the split ~0.2 µs. Lists of
-    strings are joined as they are (~0.15 µs a list; through str() ~0.8 µs).
+    List columns arrive as joined strings and are split here: building one small Series per row
+    (what polars does for a list of lists) cost ~4 µs a row, the split ~0.2 µs.
     """
+    import polars as pl
+
+    n = _rows(cols)
     sch = _int_schema(etype)
     data: dict[str, list] = {}
     flat: dict[str, schema.DType] = {}
     lists: list[pl.Expr] = []
     for k, dtype in sch.items():
-        if k not in cols:
-            continue
+        values = cols.get(k)
+        data[k] = values if values is not None else [None] * n
         if isinstance(dtype, pl.List):
-            data[k] = _joined(cols[k], dtype.inner == pl.Utf8)
             flat[k] = pl.Utf8
             inner = pl.element().filter(pl.element() != "")
             if dtype.inner != pl.Utf8:
                 inner = inner.cast(dtype.inner)
             lists.append(pl.col(k).str.split(_SEP).list.eval(inner).cast(dtype))
         else:
-            data[k] = cols[k]
             flat[k] = dtype
     frame = pl.DataFrame(data, schema=flat)
     if lists:
@@ -260,17 +337,11 @@ def _frame_from_columns(etype: str, cols: dict[str, list]) -> pl.DataFrame:
     return _to_declared(etype, frame)
 
 
-def _joined(values: list, strings: bool) -> list[str | None]:
-    """Each list as one _SEP-joined string (None stays None)."""
+def _joined(values: list) -> list[str | None]:
+    """Each list as one _SEP-joined string (None stays None). Lists of strings are joined as they
+    are (~0.15 µs a list); through str() (numbers) ~0.8 µs."""
     join = _SEP.join
-    if strings:
-        try:
-            return [None if v is None else join(v) for v in values]
-        except TypeError:  # a non-string item: the general path below
-            pass
-    return [None if v is None else join(map(str, v)) if v else "" for v in values]
-
-
-def _frame_from_rows(etype: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
-    keys = _int_schema(etype)
-    return _frame_from_columns(etype, {k: [r.get(k) for r in rows] for k in keys})
+    try:
+        return [None if v is None else join(v) for v in values]
+    except TypeError:  # a non-string item
+        return [None if v is None else join(map(str, v)) if v else "" for v in values]

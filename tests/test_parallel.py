@@ -115,3 +115,17 @@ def test_preload_loads_the_decoders_and_keeps_the_process_safe_to_fork() -> None
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["fork", "True", "True", "False"]
+
+
+def test_a_worker_decodes_and_sends_events_without_loading_polars() -> None:
+    """Workers send plain columns and rows; the parent makes the frames (no polars import per worker)."""
+    path = str(ROOT / "pcaps" / "demo.pcap")
+    code = ("import sys, queue; from appliance.parallel import _worker; q = queue.Queue(); "
+            f"_worker([{path!r}], {{}}, 512, (0, 2), q); msgs = [q.get() for _ in range(q.qsize())]; "
+            "events = [m[2] for m in msgs if m[0] == 'batch'] + [msgs[-1][1]]; "
+            "print(msgs[-1][0], 'polars' in sys.modules, sum(len(e['tls']['tls.client.ja4']) for e in events if 'tls' in e))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 0, r.stderr
+    end, polars_loaded, tls_rows = r.stdout.split()
+    assert (end, polars_loaded) == ("end", "False")
+    assert int(tls_rows) > 0
