@@ -260,9 +260,13 @@ def merge_flat(parts: list[FlatEvents]) -> FlatEvents:
             out[etype] = have[0]
             continue
         sizes = [_rows(cols) for cols in have]
-        keys = dict.fromkeys(k for cols in have for k in cols)
-        out[etype] = {k: [v for cols, n in zip(have, sizes, strict=True) for v in cols.get(k) or [None] * n]
-                      for k in keys}
+        merged: dict[str, list] = {}
+        for k in dict.fromkeys(k for cols in have for k in cols):
+            column: list = []
+            for cols, n in zip(have, sizes, strict=True):
+                column.extend(cols.get(k) or [None] * n)
+            merged[k] = column
+        out[etype] = merged
     return out
 
 
