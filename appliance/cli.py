@@ -217,9 +217,11 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
 def _kernels() -> dict[str, bool]:
     """Which compiled kernels this process used (False: their Python twins ran)."""
     from appliance.decode import headers, tls
+    from appliance.detect.rules import strdict
     from appliance.sources import recwalk
 
-    return {"record_walk": recwalk.IN_USE, "headers": headers.IN_USE, "tls_hello": tls.IN_USE}
+    return {"record_walk": recwalk.IN_USE, "headers": headers.IN_USE, "tls_hello": tls.IN_USE,
+            "rule_strings": strdict.IN_USE}
 
 
 def _positive_int(text: str, name: str) -> int:

@@ -190,8 +190,8 @@ def test_every_command_is_registered() -> None:
 
 
 def test_compiled_kernels_and_their_python_twins_give_the_same_replay(tmp_path: Path) -> None:
-    """APPLIANCE_NO_COMPILED=1 runs the record walk, header decoding and ClientHello walk in Python: every
-    count and every event must come out the same as with the C kernels."""
+    """APPLIANCE_NO_COMPILED=1 runs the record walk, header decoding, ClientHello walk and the rules'
+    string pass in Python: every count, event and alert must come out as with the C kernels."""
     inputs = [str(ROOT / "pcaps" / "demo.pcap"), str(PEER / "zeek" / "pcapng-multi-interface.pcapng")]
     outs = {}
     for name, extra in (("c", {}), ("py", {"APPLIANCE_NO_COMPILED": "1"})):
@@ -199,8 +199,10 @@ def test_compiled_kernels_and_their_python_twins_give_the_same_replay(tmp_path: 
                             "--json", "--workers", "1"], capture_output=True, text=True, env={**SECRET_ENV, **extra}, timeout=300)
         assert r.returncode == 0, r.stderr
         outs[name] = json.loads(r.stdout)
-    assert outs["py"]["compiled_kernels"] == {"record_walk": False, "headers": False, "tls_hello": False}
-    assert outs["c"]["compiled_kernels"] == {"record_walk": True, "headers": True, "tls_hello": True}
+    assert outs["py"]["compiled_kernels"] == {"record_walk": False, "headers": False, "tls_hello": False,
+                                                 "rule_strings": False}
+    assert outs["c"]["compiled_kernels"] == {"record_walk": True, "headers": True, "tls_hello": True,
+                                                "rule_strings": True}
     for key in ("packets", "bytes", "decoded", "malformed", "flows", "events", "alerts", "findings"):
         assert outs["c"][key] == outs["py"][key], key
     for name in ("flows", "tls", "http", "dns"):

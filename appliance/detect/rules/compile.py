@@ -7,13 +7,16 @@ A batch's cost is set by the columns the rules must read, not by the number of r
    however many rules ask it.
 2. String questions run on a column's distinct values, not its rows. Network events repeat the
    same domains, user agents, paths and JA4s: a batch of 1M rows has a few thousand distinct
-   values. Per column, one hash pass finds them; every predicate on that column is then one
-   vectorised expression over the distinct values (compiled once, not per batch). Only rows whose
-   hash is one of the few *hit* values are mapped back, through a table indexed by the hash
-   (`_locate`). A column asked only `eq`/`startswith` questions is first screened on the first
-   two bytes of each value, read from polars' string views (prefix.py, ~1.5 ms per 1M rows where
-   the hash pass takes 4-9 ms); only the rows that pass are hashed. A Categorical column hashes
-   its codes instead of its strings.
+   values. Per column, one pass finds them: the compiled kernel (strdict.py) gives each row the
+   code of its exact value (per 1M rows: header orders ~6.5 ms, paths ~3.6 ms, one thread, GIL
+   released); without it, or when it gives up, a polars hash pass and `arg_unique` (8.3 and
+   3.8 ms). Every predicate on that column is then one vectorised expression over the distinct
+   values (compiled once, not per batch). Only rows whose value is one of the few *hit* values are
+   mapped back: through the codes, or through a table indexed by the hash (`_locate`). A column
+   asked only `eq`/`startswith` questions is first screened on the first two bytes of each value,
+   read from polars' string views (prefix.py; ~0.6 ms per 1M rows compiled, ~1.4 ms in numpy);
+   only the rows that pass are encoded. A Categorical column hashes its codes instead of its
+   strings.
 3. Short-circuit per column: a rule is folded with what is known so far, in waves. Each wave
    reads, for every still-undecided rule, the one unread column most rules ask about (on a tie,
    a prefix-screened one: it is cheap); a rule already decided (e.g. `cidr AND endswith` whose
@@ -41,7 +44,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from appliance.detect.rules import prefix
+from appliance.detect.rules import prefix, strdict
 from appliance.detect.rules.condition import positive_names
 from appliance.detect.rules.fields import field_types, kind_of
 from appliance.detect.rules.model import FieldMatch, Rule
@@ -239,6 +242,7 @@ class CompiledRules:
         if s.null_count() == n:
             return dict.fromkeys(idxs, False)
         owner: np.ndarray | None = None  # the row each value of `flat` comes from, if not the identity
+        sub: np.ndarray | None = None  # the prefix-screened rows of `s`, when only they need the exact test
         categorical = isinstance(s.dtype, pl.Categorical | pl.Enum) and self.types[col] == pl.Utf8
         if not categorical:
             s = self._cast(s, col)
@@ -247,25 +251,37 @@ class CompiledRules:
             exploded = pl.DataFrame({"r": np.arange(n, dtype=np.int64), "v": s}).explode("v")
             owner, flat = exploded.get_column("r").to_numpy(), exploded.get_column("v")
         elif col in self._prefix and not categorical:
-            cand = prefix.candidates(s, self._prefix[col])
+            cand = strdict.candidates(s, self._prefix[col])
             if cand is not None and len(cand) == 0:
                 return dict.fromkeys(idxs, False)
             if cand is not None and len(cand) * PREFILTER <= n:  # few pass: only they need the exact test
-                owner, flat = cand, s.gather(pl.Series(cand))
-        # Distinct values via the first row of each distinct 64-bit hash: about half the cost of
-        # `unique()` on strings (measured, bench/rules_bench.py). Polars' hash is seeded
-        # deterministically; a value sharing its hash with another (~1e-12 per batch at 10^4
-        # distinct values) would be judged by the other's truth. A Categorical column is already
-        # dictionary-encoded: its codes are hashed (1M rows: ~3 ms) instead of casting it to
-        # strings (~17 ms) and hashing those.
-        h = (flat.to_physical() if categorical else flat).hash()
-        first = h.arg_unique()
-        uniq = flat.gather(first).cast(pl.Utf8) if categorical else flat.gather(first)
+                sub = cand
+        # Distinct values: compiled, each row (or each row of `sub`) gets the code of its exact value.
+        coded = None if categorical else strdict.encode(flat, sub)
+        if coded is not None:
+            codes, first_rows = coded
+            uniq = flat.gather(first_rows)
+            owner = sub if sub is not None else owner
+        else:
+            # Else via the first row of each distinct 64-bit hash: about half the cost of
+            # `unique()` on strings (measured, bench/rules_bench.py). Polars' hash is seeded
+            # deterministically; a value sharing its hash with another (~1e-12 per batch at 10^4
+            # distinct values) would be judged by the other's truth. A Categorical column is already
+            # dictionary-encoded: its codes are hashed (1M rows: ~3 ms) instead of casting it to
+            # strings (~17 ms) and hashing those.
+            if sub is not None:
+                owner, flat = sub, s.gather(pl.Series(sub))
+            h = (flat.to_physical() if categorical else flat).hash()
+            first = h.arg_unique()
+            uniq = flat.gather(first).cast(pl.Utf8) if categorical else flat.gather(first)
         truth = pl.DataFrame({"v": uniq}).select(self._dict_exprs[col]).to_numpy()
-        hit = np.flatnonzero(truth.any(axis=1))
-        if len(hit) == 0:
+        hit = np.asarray(truth.any(axis=1))
+        if not hit.any():
             return dict.fromkeys(idxs, False)
-        cand, which = _locate(h.to_numpy(), h.gather(first).to_numpy(), hit)
+        if coded is not None:
+            cand, which = strdict.hits(codes, hit)
+        else:
+            cand, which = _locate(h.to_numpy(), h.gather(first).to_numpy(), np.flatnonzero(hit))
         row_truth = truth[which]
         rows = cand if owner is None else owner[cand]
         out: dict[int, Truth] = {}

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -39,7 +41,9 @@ class _Schema(ctypes.Structure):
                 ("dictionary", ctypes.c_void_p), ("release", ctypes.c_void_p), ("private_data", ctypes.c_void_p)]
 
 
-class _Array(ctypes.Structure):
+class ArrowArray(ctypes.Structure):
+    """struct ArrowArray of the Arrow C data interface."""
+
     _fields_ = [("length", ctypes.c_int64), ("null_count", ctypes.c_int64), ("offset", ctypes.c_int64),
                 ("n_buffers", ctypes.c_int64), ("n_children", ctypes.c_int64),
                 ("buffers", ctypes.POINTER(ctypes.c_void_p)), ("children", ctypes.c_void_p),
@@ -52,10 +56,10 @@ class _Stream(ctypes.Structure):
 
 _Stream._fields_ = [
     ("get_schema", ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(_Stream), ctypes.POINTER(_Schema))),
-    ("get_next", ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(_Stream), ctypes.POINTER(_Array))),
+    ("get_next", ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(_Stream), ctypes.POINTER(ArrowArray))),
     ("get_last_error", ctypes.c_void_p), ("release", ctypes.c_void_p), ("private_data", ctypes.c_void_p)]
 _RELEASE_SCHEMA = ctypes.CFUNCTYPE(None, ctypes.POINTER(_Schema))
-_RELEASE_ARRAY = ctypes.CFUNCTYPE(None, ctypes.POINTER(_Array))
+_RELEASE_ARRAY = ctypes.CFUNCTYPE(None, ctypes.POINTER(ArrowArray))
 _capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
 _capsule_pointer.restype = ctypes.c_void_p
 _capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
@@ -108,36 +112,52 @@ def candidates(s: pl.Series, flags: np.ndarray) -> np.ndarray | None:
     string views; None when the series does not export views."""
     if sys.byteorder != "little":  # the two bytes are read as one little-endian uint16
         return None
-    try:
-        capsule: Any = s.__arrow_c_stream__()
-    except (AttributeError, pl.exceptions.PolarsError):
-        return None
-    stream = ctypes.cast(_capsule_pointer(capsule, b"arrow_array_stream"), ctypes.POINTER(_Stream)).contents
-    schema = _Schema()
-    if stream.get_schema(ctypes.byref(stream), ctypes.byref(schema)) != 0:
-        return None
-    fmt = schema.format
-    if schema.release:
-        _RELEASE_SCHEMA(schema.release)(ctypes.byref(schema))
-    if fmt != b"vu":
-        return None
-    parts: list[np.ndarray] = []
-    start = 0
-    while True:
-        arr = _Array()
-        if stream.get_next(ctypes.byref(stream), ctypes.byref(arr)) != 0:
+    with string_views(s) as arrays:
+        if arrays is None:
             return None
-        if not arr.release:  # end of stream; the capsule releases the stream itself
-            break
-        try:
+        parts: list[np.ndarray] = []
+        start = 0
+        for arr in arrays:
             if arr.length:
                 end = arr.offset + arr.length
                 views = (ctypes.c_uint16 * (8 * end)).from_address(arr.buffers[1])
                 first_two = np.frombuffer(views, dtype=np.uint16).reshape(end, 8)[arr.offset:, 2]
                 parts.append(np.flatnonzero(np.take(flags, first_two)) + start)  # take: ~35% under fancy indexing
                 start += arr.length
-        finally:
-            _RELEASE_ARRAY(arr.release)(ctypes.byref(arr))
-    if start != s.len():
-        return None
     return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+
+@contextmanager
+def string_views(s: pl.Series) -> Iterator[list[ArrowArray] | None]:
+    """The chunks of a String series as Arrow string-view arrays (format `vu`), zero-copy, held until
+    the block ends (strdict.py reads them too); None when the series exports another layout."""
+    try:
+        capsule: Any = s.__arrow_c_stream__()
+    except (AttributeError, pl.exceptions.PolarsError):
+        yield None
+        return
+    stream = ctypes.cast(_capsule_pointer(capsule, b"arrow_array_stream"), ctypes.POINTER(_Stream)).contents
+    schema = _Schema()
+    if stream.get_schema(ctypes.byref(stream), ctypes.byref(schema)) != 0:
+        yield None
+        return
+    fmt = schema.format
+    if schema.release:
+        _RELEASE_SCHEMA(schema.release)(ctypes.byref(schema))
+    if fmt != b"vu":
+        yield None
+        return
+    arrays: list[ArrowArray] = []
+    try:
+        while True:
+            arr = ArrowArray()
+            if stream.get_next(ctypes.byref(stream), ctypes.byref(arr)) != 0:
+                yield None
+                return
+            if not arr.release:  # end of stream; the capsule releases the stream itself
+                break
+            arrays.append(arr)
+        yield arrays if sum(a.length for a in arrays) == s.len() else None
+    finally:
+        for arr in arrays:
+            _RELEASE_ARRAY(arr.release)(ctypes.byref(arr))
