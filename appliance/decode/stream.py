@@ -11,7 +11,6 @@ vectorised test on (flow, direction). Everything else — bulk encrypted data �
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,16 +33,22 @@ _METHODS4 = {m[:4] for m in http.REQUEST_PREFIXES}
 TLS_KIND, HTTP_REQ, HTTP_RESP, DNS_TCP = 1, 2, 3, 4
 
 
-@dataclass
 class _Reasm:
-    kind: int
-    start_seq: int
-    ts: int  # time of the first segment: the event's timestamp
-    flow: Flow
-    fwd: bool  # sent by the canonical lower endpoint
-    truncated: bool = False  # no more bytes will come (snaplen cut, or a datagram)
-    buf: bytearray = field(default_factory=bytearray)
-    ooo: dict[int, bytes] = field(default_factory=dict)
+    """One direction's message being reassembled from its first segment (`first`) on. One is made
+    per parsed message, so it is a plain slotted class (~0.4 µs where a dataclass took ~0.9)."""
+
+    __slots__ = ("kind", "start_seq", "ts", "flow", "fwd", "truncated", "buf", "ooo")
+
+    def __init__(self, kind: int, start_seq: int, ts: int, flow: Flow, fwd: bool, first: bytes,
+                 truncated: bool = False) -> None:
+        self.kind = kind
+        self.start_seq = start_seq
+        self.ts = ts  # time of the first segment: the event's timestamp
+        self.flow = flow
+        self.fwd = fwd  # sent by the canonical lower endpoint
+        self.truncated = truncated  # no more bytes will come (snaplen cut, or a datagram)
+        self.buf = bytearray(first[:REASM_LIMIT])
+        self.ooo: dict[int, bytes] = {}
 
     def add(self, seq: int, data: bytes) -> bool:
         """Place a segment by sequence number; True when the contiguous prefix grew."""
@@ -145,8 +150,7 @@ class DeepParser:
                 if dnsu_l[j]:
                     self._dns_row(f, fwd, ts_l[j], data)
                 elif data[:4] in _METHODS4:
-                    r = _Reasm(HTTP_REQ, 0, ts_l[j], f, fwd, truncated=True)
-                    r.add(0, data)
+                    r = _Reasm(HTTP_REQ, 0, ts_l[j], f, fwd, data, truncated=True)
                     self._try((id(f), fwd), r)
                 else:
                     self._quic(f, fwd, ts_l[j], data)
@@ -159,8 +163,7 @@ class DeepParser:
                     # a ChangeCipherSpec record before the second ClientHello (RFC 8446 §D.4)
                     data = data[6:]
                     seq_l[j] = (seq_l[j] + 6) & 0xFFFFFFFF
-                r = _Reasm(k, seq_l[j], ts_l[j], f, fwd, truncated=cut_l[j])
-                r.add(seq_l[j], data)
+                r = _Reasm(k, seq_l[j], ts_l[j], f, fwd, data, truncated=cut_l[j])
                 self.pending.pop(key, None)
                 self._try(key, r)
                 if key in self.pending:
@@ -332,7 +335,6 @@ class DeepParser:
                     return
                 raise
             row = self._base(f, r.fwd, r.ts) | fields
-            row["url.path"] = redact_text(row.get("url.path") or "") if row.get("url.path") else row.get("url.path")
             if f.protocol is None:
                 f.protocol, f.host = "http", _str(fields.get("url.domain"))
             self.http_wait.setdefault(id(f), (f, []))[1].append(row)
