@@ -185,9 +185,29 @@ class DeepParser:
         # the rest of a message nearly always follows within a few packets of the flow: look there
         # first, and scan the whole segment (out-of-order arrivals) only if that was not enough
         near = min(hi, pos + 9)
-        for a, b_ in ((pos + 1, near), (lo, hi)):
-            if self._feed_range(key, r, pos, a, b_, seq_s, tcp_fwd if r.fwd else tcp_rev, cap, poff, b.data):
-                return
+        mine = tcp_fwd if r.fwd else tcp_rev
+        if self._feed_near(key, r, pos, near, seq_s, mine, cap, poff, b.data):
+            return
+        self._feed_range(key, r, pos, lo, hi, seq_s, mine, cap, poff, b.data)
+
+    def _feed_near(self, key: tuple[int, bool], r: _Reasm, pos: int, near: int, seq_s: np.ndarray,
+                   mine_all: np.ndarray, cap: np.ndarray, poff: np.ndarray, d: np.ndarray) -> bool:
+        """_feed_range over the few positions after `pos`, in plain Python: the same packets in the
+        same (stable) sequence order, without a dozen numpy calls on arrays of eight (~45 -> ~10 µs
+        for a two-segment ClientHello)."""
+        start = r.start_seq
+        mine = mine_all[pos + 1:near].tolist()
+        seqs = seq_s[pos + 1:near].tolist()
+        cands = [((seq - start) & 0xFFFFFFFF, i) for i, (m, seq) in enumerate(zip(mine, seqs, strict=True)) if m]
+        cands = sorted(c for c in cands if c[0] < REASM_LIMIT)  # (rel, position): stable in position
+        for _rel, i in cands:
+            j = pos + 1 + i
+            o = int(poff[j])
+            if r.add(seqs[i], d[o:o + int(cap[j])].tobytes()):
+                self._try(key, r)
+                if key not in self.pending:
+                    return True
+        return False
 
     def _feed_range(self, key: tuple[int, bool], r: _Reasm, pos: int, lo: int, hi: int, seq_s: np.ndarray,
                     mine_all: np.ndarray, cap: np.ndarray, poff: np.ndarray, d: np.ndarray) -> bool:
