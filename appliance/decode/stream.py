@@ -290,24 +290,28 @@ class DeepParser:
                 self._bad(exc.reason)
         self.pending.pop(key, None)
 
-    def _base(self, f: Flow, client_fwd: bool, ts: int) -> dict[str, Any]:
-        """Common packet-event fields, oriented client → server (the sender of the message)."""
+    def _base(self, f: Flow, client_fwd: bool, ts: int, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Common packet-event fields, oriented client → server (the sender of the message), and
+        then `fields` (added in place: one dict per event, not a merged copy)."""
         sip, sport, dip, dport = f.endpoints()
         if client_fwd != f.orig_a:
             sip, sport, dip, dport = dip, dport, sip, sport
-        p = f.proto
-        return {
+        p = f.key[1]
+        row = {
             "_ts": ts,
             "@timestamp": ts,
             "source.ip": sip,
             "source.port": sport,
             "destination.ip": dip,
             "destination.port": dport,
-            "network.transport": TRANSPORT_NAMES.get(p, str(p)),
+            "network.transport": TRANSPORT_NAMES.get(p) or str(p),
             "network.community_id": f.cid,
             "network.vlan.id": f.vlan,
             "flow.id": f.fid,
         }
+        if fields:
+            row.update(fields)
+        return row
 
     def _emit(self, etype: str, row: dict[str, Any]) -> None:
         row.pop("_ts", None)
@@ -321,7 +325,7 @@ class DeepParser:
         for mtype, body in msgs:
             if mtype in (tls.CLIENT_HELLO, tls.SSLV2_CLIENT_HELLO):
                 fields = tls.client_hello_fields(body, sslv2=mtype == tls.SSLV2_CLIENT_HELLO)
-                row = self._base(f, r.fwd, r.ts) | fields
+                row = self._base(f, r.fwd, r.ts, fields)
                 row["network.protocol"] = "tls"
                 row["_fwd"] = r.fwd
                 if f.protocol is None:
@@ -354,7 +358,7 @@ class DeepParser:
                     self._partial_request(r, data)
                     return
                 raise
-            row = self._base(f, r.fwd, r.ts) | fields
+            row = self._base(f, r.fwd, r.ts, fields)
             if f.protocol is None:
                 f.protocol, f.host = "http", _str(fields.get("url.domain"))
             self.http_wait.setdefault(id(f), (f, []))[1].append(row)
@@ -410,7 +414,7 @@ class DeepParser:
             self._bad(str(bad))
         # the event's source is the querier: an answer travels the other way
         querier_fwd = fwd if fields.get("dns.type") == "query" else not fwd
-        row = self._base(f, querier_fwd, ts) | fields
+        row = self._base(f, querier_fwd, ts, fields)
         if f.protocol is None:
             f.protocol = "dns"
         self._emit("dns", row)
@@ -441,7 +445,7 @@ class DeepParser:
         except Malformed as exc:
             self._bad(exc.reason)
             return
-        row = self._base(f, fwd, ts) | fields
+        row = self._base(f, fwd, ts, fields)
         row["network.protocol"] = "quic"
         f.protocol, f.sni = "quic", _str(fields.get("tls.client.server_name"))
         self._emit("tls", row)
