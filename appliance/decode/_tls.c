@@ -154,6 +154,18 @@ static int walk_hello(const uint8_t *b, Py_ssize_t n, hello_t *h) {
     return 0;
 }
 
+/* Store v as item *i of tuple t unless it is GREASE; -1 (t released) when Python is out of memory. */
+static int put_u16(PyObject *t, Py_ssize_t *i, unsigned v) {
+    if (is_grease(v)) return 0;
+    PyObject *o = PyLong_FromLong((long)v);
+    if (o == NULL) {
+        Py_DECREF(t);
+        return -1;
+    }
+    PyTuple_SET_ITEM(t, (*i)++, o);
+    return 0;
+}
+
 /* The non-GREASE uint16 values of a span, as a tuple (the form the fingerprint caches key on). */
 static PyObject *u16_tuple(const uint8_t *b, span_t s) {
     Py_ssize_t count = 0;
@@ -161,33 +173,18 @@ static PyObject *u16_tuple(const uint8_t *b, span_t s) {
     PyObject *t = PyTuple_New(count);
     if (t == NULL) return NULL;
     Py_ssize_t i = 0;
-    for (Py_ssize_t p = s.start; p + 1 < s.end; p += 2) {
-        unsigned v = u16(b, p);
-        if (is_grease(v)) continue;
-        PyObject *o = PyLong_FromLong((long)v);
-        if (o == NULL) {
-            Py_DECREF(t);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(t, i++, o);
-    }
+    for (Py_ssize_t p = s.start; p + 1 < s.end; p += 2)
+        if (put_u16(t, &i, u16(b, p)) < 0) return NULL;
     return t;
 }
 
+/* The non-GREASE extension types in wire order (the walk counted them in n_exts). */
 static PyObject *ext_tuple(const uint8_t *b, const hello_t *h) {
     PyObject *t = PyTuple_New(h->n_exts);
     if (t == NULL) return NULL;
     Py_ssize_t i = 0;
-    for (Py_ssize_t p = h->exts.start; p < h->exts.end; p += 4 + u16(b, p + 2)) {
-        unsigned v = u16(b, p);
-        if (is_grease(v)) continue;
-        PyObject *o = PyLong_FromLong((long)v);
-        if (o == NULL) {
-            Py_DECREF(t);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(t, i++, o);
-    }
+    for (Py_ssize_t p = h->exts.start; p < h->exts.end; p += 4 + u16(b, p + 2))
+        if (put_u16(t, &i, u16(b, p)) < 0) return NULL;
     return t;
 }
 
