@@ -113,10 +113,11 @@ def replay(paths: tuple[str, ...], out_dir: str, config_path: str | None, batch_
            accounts_paths: tuple[str, ...], mapping: str | None, rule_paths: tuple[str, ...], no_rules: bool,
            state_dir: str | None, with_report: bool | None, as_json: bool, progress: bool | None) -> None:
     """Replay pcap/pcapng files (or folders of them) into events, alerts and findings in OUT."""
-    from appliance.parallel import ShardedReplay, auto_workers, tune_gc
+    from appliance.parallel import ShardedReplay, auto_workers
+    from appliance.runtime import tune_for_batches
     from appliance.sources.files import expand_paths
 
-    tune_gc()  # before the workers fork: they inherit it
+    tune_for_batches()  # before polars loads and the workers fork
 
     cfg = config.load(config_path)
     secrets.set_secret(cfg["secret"])

@@ -45,10 +45,10 @@ def run(interfaces: tuple[str, ...], bpf: str | None, config_path: str | None, o
     SIGHUP reloads the config and rules (a broken rule keeps the running set); SIGTERM or SIGINT
     flushes everything and exits 0.
     """
-    from appliance.daemon import Daemon, JsonLogFormatter, RunOptions
-    from appliance.parallel import tune_gc
+    from appliance.runtime import tune_for_batches
 
-    tune_gc()  # the same batch work as a replay: collect cyclic garbage less often
+    tune_for_batches()  # the same batch work as a replay; before polars loads
+    from appliance.daemon import Daemon, JsonLogFormatter, RunOptions
 
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)

@@ -14,7 +14,6 @@ allows is loaded once, before the fork (`preload`), instead of once per worker.
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import os
 import queue
@@ -143,21 +142,6 @@ class ShardedReplay:
         for p in self.procs:
             p.kill()
             p.join()
-
-
-# Cyclic-GC thresholds for batch work (gc.set_threshold; Python's default is 700, 10, 10).
-GC_THRESHOLDS = (50_000, 50, 100)
-
-
-def tune_gc() -> None:
-    """Collect cyclic garbage less often during a replay (this process and, by inheritance, its
-    workers) or in the live daemon. Decoding allocates millions of short-lived objects (rows, tuples, bytes) that
-    reference counting frees at once; with the default thresholds the collector still walked the
-    young objects every 700 allocations and the older generations every 7,000 and 70,000: ~9% of a
-    worker's CPU. Collections still happen, so cycles are still freed: the 1M-packet replay's peak
-    memory stayed at 371 MB while its time fell from 1.70 to 1.58 s (medians of 5); the daemon at
-    100k/200k packets/s went from 0.355/0.302 to 0.315/0.284 CPU-s per 100k packets."""
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def preload() -> None:
