@@ -182,7 +182,8 @@ class FlowTable:
         cols = [c[order] for c in (ver, proto, a_hi, a_lo, b_hi, b_lo, a_port, b_port, oneway)]
         t = t[order]
         a_to_b = ~swap[order]
-        flags = h.tcp_flags[sel][order]
+        rows = sel[order]  # batch row of each sorted packet: one gather per column from here on
+        flags = h.tcp_flags[rows]
         n = len(order)
 
         newkey = np.ones(n, bool)
@@ -212,8 +213,8 @@ class FlowTable:
         seg_of = np.cumsum(newseg) - 1
         nseg = len(starts)
 
-        ip_bytes = h.ip_bytes[sel][order].astype(np.int64)
-        plen = h.payload_len[sel][order].astype(np.int64)
+        ip_bytes = h.ip_bytes[rows].astype(np.int64)
+        plen = h.payload_len[rows].astype(np.int64)
         fwd = a_to_b.astype(np.int64)
         rev = 1 - fwd
         red = np.add.reduceat
@@ -242,8 +243,8 @@ class FlowTable:
         start_t = t[starts].tolist()
         first_syn_l = first_syn.tolist()
         a_to_b_l = a_to_b.tolist()
-        vo = h.vlan_outer[sel][order][starts].tolist()
-        vi = h.vlan_inner[sel][order][starts].tolist()
+        vo = h.vlan_outer[rows[starts]].tolist()
+        vi = h.vlan_inner[rows[starts]].tolist()
         # names (Community ID, endpoint text) of the segments that will likely open a flow, computed
         # together; a flow opened by a timeout or port reuse is named on its own
         flows = self.flows
@@ -312,7 +313,7 @@ class FlowTable:
                     f.history = hs.decode()
                 else:
                     f.history += "".join(ch for ch in hs.decode() if ch not in f.history)
-        return Segments(sel[order], seg_of, a_to_b, seg_flows, np.append(starts, n))
+        return Segments(rows, seg_of, a_to_b, seg_flows, np.append(starts, n))
 
     def _names(self, cols: list[np.ndarray], starts: np.ndarray, which: np.ndarray
                ) -> dict[int, tuple[str, tuple[str, str]]]:
