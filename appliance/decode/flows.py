@@ -77,10 +77,6 @@ class Flow:
         """(source ip, source port, destination ip, destination port) in originator order."""
         return self._ends
 
-    @property
-    def proto(self) -> int:
-        return int(self.key[1])
-
 
 def _addr_bytes(ver: int, hi: int, lo: int) -> bytes:
     if ver == 4:
