@@ -39,26 +39,18 @@ static inline uint64_t u64(const gather_t *g, int64_t off) {
     return v;
 }
 
-static const int16_t *pairs4(void) {
-    static int16_t t[256];
-    static int init = 0;
-    if (!init) {
-        for (int i = 0; i < 256; i++) t[i] = -1;
-        t[8] = 0; t[0] = 8; t[13] = 14; t[14] = 13; t[15] = 16; t[16] = 15; t[17] = 18; t[18] = 17; t[10] = 9; t[9] = 10;
-        init = 1;
+/* ICMP request/answer types (Community ID spec): each pair maps both ways, every other type to -1.
+ * Filled once when the module loads. */
+static const uint8_t ICMP4_PAIRS[][2] = {{8, 0}, {13, 14}, {15, 16}, {17, 18}, {10, 9}};
+static const uint8_t ICMP6_PAIRS[][2] = {{128, 129}, {133, 134}, {135, 136}, {130, 131}, {139, 140}, {144, 145}};
+static int16_t PAIRS4[256], PAIRS6[256];
+
+static void fill_pairs(int16_t *t, const uint8_t (*pairs)[2], size_t n) {
+    for (int i = 0; i < 256; i++) t[i] = -1;
+    for (size_t k = 0; k < n; k++) {
+        t[pairs[k][0]] = pairs[k][1];
+        t[pairs[k][1]] = pairs[k][0];
     }
-    return t;
-}
-static const int16_t *pairs6(void) {
-    static int16_t t[256];
-    static int init = 0;
-    if (!init) {
-        for (int i = 0; i < 256; i++) t[i] = -1;
-        t[128] = 129; t[129] = 128; t[133] = 134; t[134] = 133; t[135] = 136; t[136] = 135;
-        t[130] = 131; t[131] = 130; t[139] = 140; t[140] = 139; t[144] = 145; t[145] = 144;
-        init = 1;
-    }
-    return t;
 }
 
 static inline int is_v6_ext(int64_t nh) { return nh == 0 || nh == 43 || nh == 44 || nh == 51 || nh == 60 || nh == 135; }
@@ -100,7 +92,7 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     uint32_t *o_seq = out[16].buf;
     int64_t *o_poff = out[17].buf;
     int32_t *o_plen = out[18].buf, *o_pcap = out[19].buf;
-    const int16_t *p4 = pairs4(), *p6 = pairs6();
+    const int16_t *p4 = PAIRS4, *p6 = PAIRS6;
 
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -299,4 +291,8 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_headers", "Compiled twin of headers.py.", -1, methods};
 
-PyMODINIT_FUNC PyInit__headers(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__headers(void) {
+    fill_pairs(PAIRS4, ICMP4_PAIRS, sizeof ICMP4_PAIRS / sizeof ICMP4_PAIRS[0]);
+    fill_pairs(PAIRS6, ICMP6_PAIRS, sizeof ICMP6_PAIRS / sizeof ICMP6_PAIRS[0]);
+    return PyModule_Create(&module);
+}
